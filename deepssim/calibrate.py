@@ -1,0 +1,133 @@
+"""Choosing the ``similar`` / ``duplicate`` score thresholds from data.
+
+Two routes, both returning :class:`deepssim.config.Thresholds` whose ``source`` records
+how they were chosen:
+
+* :func:`calibrate_from_cohort` needs no labelled copies: hold out whole subjects of a
+  registered cohort, score each held-out image against its nearest neighbour among the
+  *other* subjects — by construction no held-out image is a copy of those, so this is the
+  score distribution of true non-members — and put the thresholds at high quantiles of it:
+  ``similar`` at ``similar_quantile`` (default 0.99: 1 % of honest non-members get
+  reported as similar), ``duplicate`` at ``duplicate_quantile`` (0.999) plus ``margin``
+  (an honest non-member should essentially never fail the gate).
+* :func:`calibrate_from_benchmark` uses a labelled benchmark (``deepssim.benchmark``):
+  the pair of thresholds that maximises macro F1 over {duplicate, similar, different}
+  among those that keep duplicate recall >= ``min_duplicate_recall``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Thresholds
+
+LABELS = ("different", "similar", "duplicate")
+
+
+def _nearest_other_subject(embeddings: np.ndarray, subjects: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """For each held-out row, the best cosine against rows of subjects not held out."""
+    import torch
+
+    from .search import topk_cosine
+
+    queries = torch.as_tensor(embeddings[held], dtype=torch.float32)
+    keys = torch.as_tensor(embeddings[~held], dtype=torch.float32)
+    scores, _ = topk_cosine(queries, keys, 1)
+    return np.asarray(scores, dtype=np.float64)[:, 0]
+
+
+def calibrate_from_cohort(embeddings: np.ndarray, subjects, holdout_fraction: float = 0.2,
+                          similar_quantile: float = 0.99, duplicate_quantile: float = 0.999,
+                          margin: float = 0.02, seed: int = 0, name: str = "cohort") -> Thresholds:
+    """Thresholds from the non-member nearest-neighbour score distribution of a cohort.
+
+    Args:
+        embeddings: (N, D) unit-norm embeddings of a cohort.
+        subjects: (N,) subject id per row; whole subjects are held out.
+        holdout_fraction: fraction of subjects held out (at least one, at most all but one).
+    Returns:
+        Thresholds with ``similar`` = q(similar_quantile), ``duplicate`` =
+        q(duplicate_quantile) + margin (clipped into (similar, 1]).
+    """
+    subjects = np.asarray(subjects)
+    names = np.unique(subjects)
+    if len(names) < 2:
+        raise ValueError("calibration from a cohort needs at least two subjects")
+    rng = np.random.default_rng(seed)
+    n_held = int(np.clip(round(holdout_fraction * len(names)), 1, len(names) - 1))
+    held = np.isin(subjects, rng.choice(names, n_held, replace=False))
+    nn = _nearest_other_subject(np.asarray(embeddings), subjects, held)
+    similar = float(np.quantile(nn, similar_quantile))
+    duplicate = float(min(1.0, max(np.quantile(nn, duplicate_quantile) + margin, similar + 1e-3)))
+    similar = min(similar, duplicate - 1e-3)
+    return Thresholds(similar=similar, duplicate=duplicate, source=(
+        f"calibrated on {name}: {len(nn)} images of {n_held} held-out subjects vs the other "
+        f"{len(names) - n_held}; similar = q{similar_quantile:g} of non-member NN scores, "
+        f"duplicate = q{duplicate_quantile:g} + {margin:g}"))
+
+
+def label_scores(scores: np.ndarray, similar: float, duplicate: float) -> np.ndarray:
+    """Scores (N,) -> int labels (N,): 0 different, 1 similar, 2 duplicate (see LABELS)."""
+    scores = np.asarray(scores)
+    return (scores > similar).astype(int) + (scores > duplicate).astype(int)
+
+
+def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_classes: int = 3) -> float:
+    """Unweighted mean F1 over the classes present in ``truth`` or ``predicted``."""
+    f1s = []
+    for c in range(n_classes):
+        tp = np.sum((truth == c) & (predicted == c))
+        fp = np.sum((truth != c) & (predicted == c))
+        fn = np.sum((truth == c) & (predicted != c))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def _as_int_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "US O":
+        index = {name: i for i, name in enumerate(LABELS)}
+        return np.array([index[str(v)] for v in labels])
+    return labels.astype(int)
+
+
+def _grid(scores: np.ndarray, steps: int) -> np.ndarray:
+    """Candidate cut points: midpoints between sorted unique scores, thinned to ``steps``."""
+    u = np.unique(scores)
+    cuts = np.concatenate([[u[0] - 1e-6], (u[1:] + u[:-1]) / 2, [u[-1]]])
+    if len(cuts) > steps:
+        cuts = np.unique(np.quantile(cuts, np.linspace(0, 1, steps)))
+    return np.clip(cuts, -1.0, 1.0)
+
+
+def calibrate_from_benchmark(scores, truth_labels, min_duplicate_recall: float = 0.98,
+                             steps: int = 200, name: str = "benchmark") -> Thresholds:
+    """Thresholds maximising macro F1 subject to a duplicate-recall floor.
+
+    Args:
+        scores: (N,) best score per candidate (any method: embedding or verified).
+        truth_labels: (N,) 'different'|'similar'|'duplicate' (or 0/1/2).
+        min_duplicate_recall: the fraction of true duplicates that must score above
+            ``duplicate``; the highest feasible ``duplicate`` cut satisfies it.
+    Returns:
+        Thresholds; ``source`` states the macro F1 and duplicate recall achieved.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    truth = _as_int_labels(truth_labels)
+    is_dup = truth == 2
+    cuts = _grid(scores, steps)
+    best = None
+    for dup_cut in cuts:
+        recall = float(np.mean(scores[is_dup] > dup_cut)) if is_dup.any() else 1.0
+        if recall < min_duplicate_recall:
+            continue
+        for sim_cut in cuts[cuts < dup_cut]:
+            f1 = macro_f1(truth, label_scores(scores, sim_cut, dup_cut))
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, float(sim_cut), float(dup_cut), recall)
+    if best is None:
+        raise ValueError("no threshold pair reaches the duplicate-recall floor")
+    f1, sim_cut, dup_cut, recall = best
+    return Thresholds(similar=max(-1.0, sim_cut), duplicate=min(1.0, dup_cut), source=(
+        f"calibrated on {name}: macro F1 {f1:.3f} at duplicate recall {recall:.3f} "
+        f"(floor {min_duplicate_recall:g}, {len(scores)} candidates)"))

@@ -1,0 +1,136 @@
+"""Typed settings for every part of the gate.
+
+Every object here is a frozen dataclass so that a run's full configuration can be
+recorded (``asdict``) in the store, ``summary.json`` and the report.  Nothing in the
+library hard-codes a threshold: callers pass these objects in.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of the DeepSSIM encoder (a 2D MONAI ResNet with a stride-2 stem).
+
+    ``input_size`` is the side of the square, single-channel image the network sees;
+    ``embedding_dim`` the length of the L2-normalised embedding.
+    """
+
+    input_size: int = 128
+    embedding_dim: int = 256
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: tuple[int, ...] = (1, 1, 1, 1)
+    stem_stride: int = 2
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Score cut-offs: ``score > duplicate`` is a duplicate, ``similar < score <= duplicate``
+    is similar, anything else is different.  ``source`` records where they came from."""
+
+    similar: float = 0.60
+    duplicate: float = 0.85
+    source: str = "default (DeepSSIM reference)"
+
+    def __post_init__(self) -> None:
+        if not (-1.0 <= self.similar < self.duplicate <= 1.0):
+            raise ValueError(
+                f"thresholds must satisfy -1 <= similar < duplicate <= 1, got "
+                f"similar={self.similar}, duplicate={self.duplicate}"
+            )
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When the gate fails.
+
+    The default fails as soon as one candidate is a duplicate and only reports similar
+    ones.  ``max_similar_fraction`` (0–1) additionally fails when too many candidates are
+    similar; ``fail_on_volume_duplicate`` makes a volume fail as a whole when any of its
+    slices is a duplicate (volume rows are always reported).
+    """
+
+    max_duplicates: int = 0
+    max_similar_fraction: float | None = None
+    fail_on_volume_duplicate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_duplicates < 0:
+            raise ValueError("max_duplicates must be >= 0")
+        if self.max_similar_fraction is not None and not 0.0 <= self.max_similar_fraction <= 1.0:
+            raise ValueError("max_similar_fraction must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    """Exact-SSIM verification of the nearest training images after an alignment search.
+
+    Only candidates whose embedding score exceeds ``floor`` are verified, against their
+    ``top_k`` nearest training images, so the cost is O(top_k) per candidate.
+    """
+
+    enabled: bool = True
+    floor: float = 0.45
+    top_k: int = 5
+    rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
+    compare_size: int = 64
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Exact cosine top-k search: ``k`` neighbours, blocks of candidates × cohort rows."""
+
+    k: int = 5
+    candidate_block: int = 4096
+    cohort_block: int = 65536
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How files become 2D model inputs."""
+
+    slice_axis: int = 2
+    foreground_threshold: float = 0.10
+    min_side: int = 16
+    max_pixels: int = 512 * 1024 * 1024
+    max_file_bytes: int = 2 * 1024**3
+    volume_index: int | None = None
+    follow_external_symlinks: bool = False
+    percentile_window: tuple[float, float] = (0.5, 99.5)
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Everything an audit depends on, recorded verbatim in its outputs."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    policy: GatePolicy = field(default_factory=GatePolicy)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    batch_size: int = 256
+    device: str = "auto"
+    evidence_pairs: int = 12
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deepssim_home() -> Path:
+    """``$DEEPSSIM_HOME``, or ``~/.deepssim`` when unset."""
+    return Path(os.environ.get("DEEPSSIM_HOME", Path.home() / ".deepssim")).expanduser()
+
+
+def default_db_path() -> Path:
+    return deepssim_home() / "deepssim.duckdb"

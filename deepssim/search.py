@@ -1,0 +1,70 @@
+"""Exact cosine top-k search, streamed in blocks.
+
+Embeddings are unit vectors, so cosine is a dot product.  Memory is bounded by the block
+sizes: a (candidate_block × cohort_block) score tile plus the running top-k; no
+candidates × cohort matrix is ever held.  The search is exact — an approximate miss
+would be a false pass — and ties are broken by the lower cohort index, so results do not
+depend on the block sizes.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+
+def _as_blocks(keys: np.ndarray | torch.Tensor | Iterable, block: int) -> Iterator[torch.Tensor]:
+    if isinstance(keys, (np.ndarray, torch.Tensor)):
+        for start in range(0, len(keys), block):
+            yield torch.as_tensor(keys[start:start + block], dtype=torch.float32)
+    else:
+        for chunk in keys:
+            yield torch.as_tensor(chunk, dtype=torch.float32)
+
+
+def _merge(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor,
+           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.cat([best_s, new_s], dim=1)
+    index = torch.cat([best_i, new_i], dim=1)
+    # order by index, then stable-sort by score: equal scores keep the lower index first
+    by_index = torch.argsort(index, dim=1, stable=True)
+    scores, index = scores.gather(1, by_index), index.gather(1, by_index)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    return scores.gather(1, order), index.gather(1, order)
+
+
+@torch.inference_mode()
+def topk_cosine(queries: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor | Iterable,
+                k: int = 5, query_block: int = 4096, key_block: int = 65536,
+                device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` cosine neighbours of each query among ``keys``.
+
+    Args:
+        queries: (Q, D) unit vectors.
+        keys: (K, D) unit vectors, or an iterable of (K_i, D) blocks in key order
+            (e.g. Arrow batches streamed from the store).
+        k: neighbours per query; fewer are returned when K < k.
+    Returns:
+        scores (Q, k') float32 descending, indices (Q, k') int64 into the key order.
+    """
+    q_all = torch.as_tensor(queries, dtype=torch.float32)
+    key_blocks = list(_as_blocks(keys, key_block)) if not isinstance(keys, (np.ndarray, torch.Tensor)) else None
+    out_s, out_i = [], []
+    for qs in range(0, max(len(q_all), 1), query_block):
+        q = q_all[qs:qs + query_block].to(device)
+        best_s = torch.full((len(q), 0), -float("inf"), device=device)
+        best_i = torch.zeros((len(q), 0), dtype=torch.long, device=device)
+        offset = 0
+        blocks = key_blocks if key_blocks is not None else _as_blocks(keys, key_block)
+        for kb in blocks:
+            kb = kb.to(device)
+            tile = q @ kb.T
+            kk = min(k, tile.shape[1])
+            if kk:
+                s, i = torch.topk(tile, kk, dim=1, sorted=False)
+                best_s, best_i = _merge(best_s, best_i, s, i + offset, k)
+            offset += len(kb)
+        out_s.append(best_s.cpu())
+        out_i.append(best_i.cpu())
+    return torch.cat(out_s).numpy(), torch.cat(out_i).numpy()

@@ -1,0 +1,89 @@
+"""Plots for the report, drawn with matplotlib's Agg backend and returned as PNG bytes."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Iterable
+
+import numpy as np
+
+__all__ = ["score_histogram_png"]
+
+_GREY, _AMBER, _RED = "#9aa5b1", "#d99a1e", "#c0392b"
+
+
+def _finite(scores: Iterable) -> np.ndarray:
+    vals = []
+    for s in scores or []:
+        try:
+            f = float(s)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            vals.append(f)
+    return np.asarray(vals, dtype=np.float64)
+
+
+def _bar_colours(edges: np.ndarray, similar: float | None, duplicate: float | None) -> list[str]:
+    colours = []
+    for left, right in zip(edges[:-1], edges[1:]):
+        centre = (left + right) / 2
+        if duplicate is not None and centre > duplicate:
+            colours.append(_RED)
+        elif similar is not None and centre > similar:
+            colours.append(_AMBER)
+        else:
+            colours.append(_GREY)
+    return colours
+
+
+def _threshold_line(ax, x: float, colour: str, text: str) -> None:
+    """A dashed vertical line with its label above the plot area, clear of the bars."""
+    ax.axvline(x, color=colour, linestyle="--", linewidth=1.6)
+    ax.annotate(f"{text} {x:.2f}", xy=(x, 1.0), xycoords=("data", "axes fraction"),
+                xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                color=colour, fontsize=9, fontweight="bold")
+
+
+def score_histogram_png(scores: Iterable, similar: float | None, duplicate: float | None,
+                        bins: int = 40) -> bytes | None:
+    """Histogram of best scores with the two thresholds as labelled vertical lines.
+
+    Returns PNG bytes, or ``None`` when there is no finite score to plot.  The y axis
+    turns logarithmic when the tallest bar dwarfs the smallest, so a handful of
+    duplicates stays visible next to thousands of different images.
+    """
+    vals = _finite(scores)
+    if vals.size == 0:
+        return None
+    # A bare Figure renders PNG through Agg without touching pyplot's global backend.
+    from matplotlib.figure import Figure
+
+    lo = min(0.0, float(vals.min()))
+    edges = np.linspace(lo, max(1.0, float(vals.max())), bins + 1)
+    counts, _ = np.histogram(vals, bins=edges)
+    fig = Figure(figsize=(10.0, 3.4), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge",
+           color=_bar_colours(edges, similar, duplicate), edgecolor="white", linewidth=0.5)
+    nonzero = counts[counts > 0]
+    if nonzero.size and nonzero.max() >= 20 * nonzero.min():
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylabel("candidates (log scale)")
+    else:
+        ax.set_ylabel("candidates")
+    if similar is not None:
+        _threshold_line(ax, similar, _AMBER, "similar")
+    if duplicate is not None:
+        _threshold_line(ax, duplicate, _RED, "duplicate")
+    ax.set_xlabel("best DeepSSIM score against the training cohort")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    # No metadata: matplotlib otherwise writes its version and home-page URL into the PNG.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()

@@ -1,0 +1,137 @@
+"""Train the shipped default DeepSSIM model.
+
+    python scripts/train_default.py build-pool POOL.npz          # CPU, here: real slices
+    python scripts/train_default.py train POOL.npz OUT_DIR [--budget S] [--device D]
+
+``build-pool`` gathers the real training/validation images (../shared/data slices and
+volumes, deepssim_extra_data/) into one npz.  ``train`` adds procedural phantoms and
+package image tiles, splits by subject (HELD_OUT below never enters training), trains
+with the DeepSSIM objective and writes ``OUT_DIR/deepssim-default.pt`` + ``.json`` and
+``OUT_DIR/train_log.txt``.  The shipped weights were produced by the command recorded
+in ``deepssim/models/TRAINING.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deepssim.trainingdata import (ImageSet, as_pool, package_image_tiles, phantoms,  # noqa: E402
+                                   read_slice_folder, read_volume_all_axes)
+
+SHARED = ROOT.parent / "shared" / "data"
+EXTRA = ROOT / "deepssim_extra_data"
+# Subjects never used for training: they measure generalisation (other scanners and
+# contrasts).  Extra-data subjects whose name starts with "holdout_" are held out too.
+HELD_OUT = {"nibabel_anatomical", "heudiconv_crlab", "dipy_t1_coronal",  # MR: other scanners
+            "prad_ct_lung2", "pdd_ct_pancreas0001",  # CT
+            "prad_mr_brain2", "pdd_mr_abdomen_siemens",  # MR: tumour brain, abdomen
+            "pdd_cr_chest_rg1", "pdd_us_ge_us1"}  # radiograph, ultrasound
+
+
+def build_pool(out: Path) -> None:
+    images = read_slice_folder(SHARED)
+    images.extend(read_volume_all_axes(SHARED / "volumes" / "colin27_t1.nii.gz", "colin27", stride=3))
+    images.extend(read_volume_all_axes(SHARED / "volumes" / "mni152_2009_t1.nii.gz",
+                                       "icbm152_2009_template", stride=3))
+    if (EXTRA / "manifest.csv").is_file():
+        images.extend(read_slice_folder(EXTRA))
+    images.save(out)
+    print(f"pool: {len(images)} real images, {len(set(images.subjects))} subjects -> {out}")
+
+
+def is_held_out(name: str) -> bool:
+    return name in HELD_OUT or name.startswith("holdout_")
+
+
+def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, steps: int,
+                batch: int, n_phantoms: int, seed: int, init: Path | None = None, lr: float = 2e-3) -> None:
+    import torch
+
+    from deepssim.checkpoint import save_checkpoint
+    from deepssim.train import TrainConfig, train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(out_dir / "train_log.txt", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    log("command: " + " ".join(sys.argv))
+    real = ImageSet.load(pool_path)
+    extra = phantoms(n_phantoms, seed=seed).extend(package_image_tiles())
+    everything = ImageSet().extend(real).extend(extra)
+    train_names = {s for s in set(everything.subjects) if not is_held_out(s)}
+    val_names = {s for s in set(everything.subjects) if is_held_out(s)}
+    pool = as_pool(everything)
+    train_pool, val_pool = pool.select_subjects(train_names), pool.select_subjects(val_names)
+    summary = {
+        "train_images": len(train_pool), "train_subjects": len(train_names),
+        "validation_images": len(val_pool), "validation_subjects": sorted(val_names),
+        "real_training_images": sum(1 for s in real.subjects if s in train_names),
+        "phantom_volumes": n_phantoms, "package_tiles": sum(1 for s in extra.subjects if s.startswith("skimage_")),
+    }
+    log("data: " + json.dumps(summary))
+    config = TrainConfig(steps=steps, batch_size=batch, time_budget_s=budget, device=device, seed=seed, lr=lr,
+                         eval_every=250 if device != "cpu" else 100)
+    torch.set_float32_matmul_precision("high")
+
+    def checkpoint(model, metrics, step):
+        save_checkpoint(model, out_dir / "deepssim-default.pt",
+                        training={**summary, "best_step": step, "command": " ".join(sys.argv)},
+                        metrics=metrics)
+
+    init_state = None
+    if init:
+        from deepssim.checkpoint import load_checkpoint
+
+        init_model, init_meta = load_checkpoint(init)
+        init_state = init_model.state_dict()
+        summary["fine_tuned_from"] = init_meta.model_id
+        log(f"fine-tuning from {init_meta.model_id}")
+    result = train(train_pool, val_pool, config, log=log, on_best=checkpoint, init_state=init_state)
+    meta = save_checkpoint(result.model, out_dir / "deepssim-default.pt",
+                           training={**summary, **result.config, "best_step": result.best_step,
+                                     "steps": result.steps, "seconds": round(result.seconds, 1),
+                                     "device": str(device), "command": " ".join(sys.argv)},
+                           metrics=result.metrics)
+    (out_dir / "history.json").write_text(json.dumps(result.history, indent=1))
+    log(f"done: {result.steps} steps in {result.seconds:.0f}s, best step {result.best_step}, "
+        f"model {meta.model_id}, metrics {json.dumps(result.metrics)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build-pool")
+    b.add_argument("out", type=Path)
+    t = sub.add_parser("train")
+    t.add_argument("pool", type=Path)
+    t.add_argument("out_dir", type=Path)
+    t.add_argument("--budget", type=float, default=3000.0, help="training seconds")
+    t.add_argument("--steps", type=int, default=200_000, help="upper bound on steps")
+    t.add_argument("--batch", type=int, default=128)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--phantoms", type=int, default=120)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", type=Path, help="fine-tune from this checkpoint")
+    t.add_argument("--lr", type=float, default=2e-3)
+    args = ap.parse_args()
+    if args.cmd == "build-pool":
+        build_pool(args.out)
+    else:
+        train_model(args.pool, args.out_dir, args.budget, args.device, args.steps, args.batch,
+                    args.phantoms, args.seed, args.init, args.lr)
+
+
+if __name__ == "__main__":
+    main()

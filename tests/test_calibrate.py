@@ -1,0 +1,42 @@
+"""Threshold calibration on synthetic score distributions."""
+import numpy as np
+import pytest
+
+from deepssim.calibrate import calibrate_from_benchmark, calibrate_from_cohort
+
+
+def synthetic(seed=0, n=300):
+    rng = np.random.default_rng(seed)
+    scores = np.concatenate([rng.normal(0.95, 0.04, n), rng.normal(0.72, 0.06, n), rng.normal(0.4, 0.1, n)])
+    labels = np.array(["duplicate"] * n + ["similar"] * n + ["different"] * n)
+    return np.clip(scores, -1, 1), labels
+
+
+@pytest.mark.parametrize("floor", [0.9, 0.98, 0.995])
+def test_benchmark_thresholds_ordered_and_respect_recall_floor(floor):
+    scores, labels = synthetic()
+    t = calibrate_from_benchmark(scores, labels, min_duplicate_recall=floor)
+    assert -1 <= t.similar < t.duplicate <= 1
+    assert np.mean(scores[labels == "duplicate"] > t.duplicate) >= floor
+    assert 0.55 < t.similar < 0.7 and "macro F1" in t.source
+
+
+def test_benchmark_floor_lowers_duplicate_cut():
+    scores, labels = synthetic(1)
+    loose = calibrate_from_benchmark(scores, labels, min_duplicate_recall=0.5)
+    strict = calibrate_from_benchmark(scores, labels, min_duplicate_recall=0.999)
+    assert strict.duplicate <= loose.duplicate
+
+
+def test_cohort_thresholds_sit_above_non_member_scores():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    subjects = np.repeat(np.arange(20), 10)
+    emb = centres[subjects] + 0.3 * rng.normal(size=(200, 32))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    t = calibrate_from_cohort(emb.astype(np.float32), subjects, holdout_fraction=0.3)
+    assert -1 <= t.similar < t.duplicate <= 1
+    assert "held-out subjects" in t.source
+    # the same-subject neighbours score far above the cross-subject calibration
+    same = np.sum(emb[0] * emb[1])
+    assert same > t.similar
