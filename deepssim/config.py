@@ -57,12 +57,15 @@ class GatePolicy:
     The default fails as soon as one candidate is a duplicate and only reports similar
     ones.  ``max_similar_fraction`` (0–1) additionally fails when too many candidates are
     similar; ``fail_on_volume_duplicate`` makes a volume fail as a whole when any of its
-    slices is a duplicate (volume rows are always reported).
+    slices is a duplicate (volume rows are always reported).  ``fail_on_quarantined``
+    fails closed when any candidate file could not be audited: an unreadable file in a
+    release is an unaudited file (it may be readable by someone else's software).
     """
 
     max_duplicates: int = 0
     max_similar_fraction: float | None = None
     fail_on_volume_duplicate: bool = True
+    fail_on_quarantined: bool = True
 
     def __post_init__(self) -> None:
         if self.max_duplicates < 0:
@@ -101,6 +104,7 @@ class IngestConfig:
 
     slice_axis: int = 2
     foreground_threshold: float = 0.10
+    min_foreground_2d: float = 0.01
     min_side: int = 16
     max_pixels: int = 512 * 1024 * 1024
     max_file_bytes: int = 2 * 1024**3
@@ -122,9 +126,32 @@ class AuditSettings:
     batch_size: int = 256
     device: str = "auto"
     evidence_pairs: int = 12
+    store_wait_s: float = 60.0
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any] | None) -> "AuditSettings":
+        """Inverse of :meth:`as_record`; missing keys keep their defaults, unknown keys
+        are an error (a typo in a deployment's parameters must not pass silently)."""
+        return _from_dict(cls, data or {})
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name in known else None
+        if hasattr(default, "__dataclass_fields__") and isinstance(value, dict):
+            value = _from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
 
 
 def deepssim_home() -> Path:

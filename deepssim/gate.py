@@ -66,8 +66,10 @@ class GateDecision:
         return asdict(self)
 
 
-def decide(verdicts: pd.DataFrame, policy: GatePolicy, volumes: pd.DataFrame | None = None) -> GateDecision:
-    """Apply ``policy`` to labelled candidates (column ``label``) and their volume rows."""
+def decide(verdicts: pd.DataFrame, policy: GatePolicy, volumes: pd.DataFrame | None = None,
+           quarantined: int = 0) -> GateDecision:
+    """Apply ``policy`` to labelled candidates (column ``label``), their volume rows and
+    the number of candidate files/slices that were quarantined."""
     counts = label_counts(verdicts["label"])
     volumes = volumes if volumes is not None else volume_table(verdicts)
     vol_counts = label_counts(volumes["worst_label"]) if len(volumes) else {}
@@ -80,5 +82,9 @@ def decide(verdicts: pd.DataFrame, policy: GatePolicy, volumes: pd.DataFrame | N
                        f"(policy allows {policy.max_similar_fraction:.1%})")
     if policy.fail_on_volume_duplicate and vol_counts.get("duplicate", 0):
         reasons.append(f"{vol_counts['duplicate']} volume(s) contain duplicate slices")
+    if policy.fail_on_quarantined and quarantined:
+        reasons.append(f"{quarantined} candidate file(s)/slice(s) could not be audited (quarantined; "
+                       f"see quarantine.csv)")
+    counts = {**counts, "quarantined": int(quarantined)}
     return GateDecision(verdict="fail" if reasons else "pass", reasons=reasons, counts=counts,
                         volume_counts=vol_counts)

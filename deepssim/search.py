@@ -8,19 +8,21 @@ depend on the block sizes.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 
-def _as_blocks(keys: np.ndarray | torch.Tensor | Iterable, block: int) -> Iterator[torch.Tensor]:
+def _as_blocks(keys, block: int) -> Iterator[torch.Tensor]:
+    if callable(keys):
+        keys = keys()
     if isinstance(keys, (np.ndarray, torch.Tensor)):
         for start in range(0, len(keys), block):
             yield torch.as_tensor(keys[start:start + block], dtype=torch.float32)
     else:
         for chunk in keys:
-            yield torch.as_tensor(chunk, dtype=torch.float32)
+            yield torch.as_tensor(np.array(chunk, dtype=np.float32, copy=True))
 
 
 def _merge(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor,
@@ -35,21 +37,24 @@ def _merge(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_
 
 
 @torch.inference_mode()
-def topk_cosine(queries: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor | Iterable,
+def topk_cosine(queries: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor | Callable | Iterable,
                 k: int = 5, query_block: int = 4096, key_block: int = 65536,
                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of each query among ``keys``.
 
     Args:
         queries: (Q, D) unit vectors.
-        keys: (K, D) unit vectors, or an iterable of (K_i, D) blocks in key order
-            (e.g. Arrow batches streamed from the store).
+        keys: (K, D) unit vectors; or a zero-argument callable returning an iterable of
+            (K_i, D) blocks in key order (e.g. Arrow batches streamed from the store),
+            called once per query block so memory stays bounded by the block sizes; or a
+            one-shot iterable of blocks (then held in memory to serve every query block).
         k: neighbours per query; fewer are returned when K < k.
     Returns:
         scores (Q, k') float32 descending, indices (Q, k') int64 into the key order.
     """
     q_all = torch.as_tensor(queries, dtype=torch.float32)
-    key_blocks = list(_as_blocks(keys, key_block)) if not isinstance(keys, (np.ndarray, torch.Tensor)) else None
+    one_shot = not callable(keys) and not isinstance(keys, (np.ndarray, torch.Tensor))
+    key_blocks = list(_as_blocks(keys, key_block)) if one_shot else None
     out_s, out_i = [], []
     for qs in range(0, max(len(q_all), 1), query_block):
         q = q_all[qs:qs + query_block].to(device)

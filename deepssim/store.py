@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS audit_results (
     verified BOOLEAN, alignment VARCHAR, PRIMARY KEY (audit_id, image_id));
 CREATE TABLE IF NOT EXISTS calibrations (
     calibration_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL, cohort VARCHAR,
-    model_id VARCHAR, similar DOUBLE NOT NULL, duplicate DOUBLE NOT NULL, source VARCHAR NOT NULL,
+    model_id VARCHAR, similar_threshold DOUBLE NOT NULL, duplicate_threshold DOUBLE NOT NULL, source VARCHAR NOT NULL,
     details JSON);
 """
 
@@ -295,10 +295,10 @@ class Store:
         if len(missing):
             raise StoreError(f"{len(missing)} image(s) of cohort '{cohort}' have no embedding under "
                              f"model {model_id}: re-embed the cohort first")
-        reader = self.con.execute(
+        reader = self.con.sql(
             f"SELECT e.embedding FROM images i JOIN {table} e ON e.input_sha256 = i.input_sha256 "
-            f"AND e.model_id = ? WHERE i.cohort = ? ORDER BY i.image_id", [model_id, cohort]
-        ).fetch_record_batch(block)
+            f"AND e.model_id = $model WHERE i.cohort = $cohort ORDER BY i.image_id",
+            params={"model": model_id, "cohort": cohort}).to_arrow_reader(block)
         for batch in reader:
             col = batch.column(0)
             yield col.values.to_numpy(zero_copy_only=False).reshape(len(col), dim).astype(np.float32, copy=False)
@@ -361,7 +361,7 @@ class Store:
 
     def latest_calibration(self, cohort: str | None = None) -> dict | None:
         row = self.con.execute(
-            "SELECT calibration_id, similar, duplicate, source FROM calibrations "
+            "SELECT calibration_id, similar_threshold, duplicate_threshold, source FROM calibrations "
             "WHERE cohort IS NOT DISTINCT FROM ? ORDER BY created_at DESC LIMIT 1", [cohort]).fetchone()
         return dict(zip(("calibration_id", "similar", "duplicate", "source"), row)) if row else None
 

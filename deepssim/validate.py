@@ -41,7 +41,9 @@ class ValidationConfig:
 
     @classmethod
     def from_ingest(cls, ingest: IngestConfig, max_nan_fraction: float = 0.5) -> "ValidationConfig":
-        return cls(max_nan_fraction, ingest.min_side, ingest.foreground_threshold)
+        # volume slices under foreground_threshold were skipped at ingestion; 2D files only
+        # need the lower 2D bar
+        return cls(max_nan_fraction, ingest.min_side, min(ingest.foreground_threshold, ingest.min_foreground_2d))
 
 
 def _min_side(orig_shape: Any) -> float:

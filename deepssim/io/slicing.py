@@ -21,7 +21,8 @@ Intensity normalisation (why these choices):
 
 Near-empty slices of a volume (foreground fraction below
 ``IngestConfig.foreground_threshold``, foreground = windowed value > ``FOREGROUND_LEVEL``)
-are skipped; a near-empty 2D file is quarantined (it cannot be judged).
+are skipped; a 2D file whose foreground is under ``IngestConfig.min_foreground_2d`` (a
+lower bar: a sparse synthetic image must still be audited) is quarantined.
 """
 from __future__ import annotations
 
@@ -150,8 +151,8 @@ def _image(source: Source, config: IngestConfig) -> Iterator[Slice | Rejected]:
         return
     unit = window_to_unit(gray, image_window(gray, raw.dtype, source, config))
     fg = _foreground(unit)
-    if fg < config.foreground_threshold:
-        yield reject(errors.NEAR_EMPTY_IMAGE.format(fraction=fg, threshold=config.foreground_threshold))
+    if fg < config.min_foreground_2d:
+        yield reject(errors.NEAR_EMPTY_IMAGE.format(fraction=fg, threshold=config.min_foreground_2d))
         return
     yield Slice(source.base_id, source.source_path, source.format, raw, unit, source.spacing, None, None,
                 -1, _nan_fraction(gray), fg, rng[0], rng[1])

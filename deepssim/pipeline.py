@@ -1,0 +1,144 @@
+"""The stages of registration and audit as plain functions over files.
+
+Prefect tasks (``tasks/``) wrap these one-to-one; nothing here knows about Prefect, so
+the same stages run from a notebook or a test.  Stages exchange *paths* (manifest
+Parquet, pixel ``.npy``, embedding ``.npy``), never pixels, so that nothing derived from
+patient images ends up in an orchestrator's database.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import AuditSettings, Thresholds, VerificationConfig
+from .gate import label_scores
+
+MANIFEST_FILE = "manifest.parquet"
+EMBEDDINGS_FILE = "embeddings.npy"
+
+
+# ----------------------------------------------------------------------------- files
+def write_manifest(manifest: pd.DataFrame, work_dir: Path, name: str = MANIFEST_FILE) -> Path:
+    path = Path(work_dir) / name
+    frame = manifest.copy()
+    for col in frame.columns:  # mixed object columns (None + str) must be strings for Parquet
+        if frame[col].dtype == object:
+            frame[col] = frame[col].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def ok_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Accepted images in pixel-row order."""
+    ok = manifest[(manifest["status"] == "ok") & (manifest["row"] >= 0)]
+    return ok.sort_values("row").reset_index(drop=True)
+
+
+def input_sha256(pixels: np.ndarray) -> list[str]:
+    """sha256 of each model input (float16 bytes): the key embeddings are stored under."""
+    return [hashlib.sha256(np.ascontiguousarray(p, dtype=np.float16).tobytes()).hexdigest() for p in pixels]
+
+
+# ----------------------------------------------------------------------------- embedding
+def embed_pixels(pixels_path: Path, rows: np.ndarray, model_path: Path, out_path: Path,
+                 device: str = "auto", batch_size: int = 256,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """Embed ``pixels[rows]`` with the checkpoint at ``model_path``; write (len(rows), D)
+    float32 to ``out_path``.  ``progress(done, total)`` after each batch."""
+    from .checkpoint import load_checkpoint
+    from .embed import Embedder
+
+    pixels = np.load(pixels_path, mmap_mode="r")
+    model, _ = load_checkpoint(model_path)
+    embedder = Embedder(model, device=device, batch_size=batch_size)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32,
+                                    shape=(len(rows), model.config.embedding_dim))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        out[start:start + len(chunk)] = embedder.embed_batch(np.asarray(pixels[chunk], dtype=np.float32))
+        if progress:
+            progress(start + len(chunk), len(rows))
+    out.flush()
+    del out
+    return Path(out_path)
+
+
+# ----------------------------------------------------------------------------- verification
+@dataclass
+class Verified:
+    """Per candidate: final score, index (into the cohort order) of the best match,
+    whether verification ran, and the alignment found."""
+
+    score: np.ndarray
+    nearest: np.ndarray
+    verified: np.ndarray
+    alignment: list[str]
+
+
+def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index: np.ndarray,
+                      load_references: Callable[[np.ndarray], np.ndarray],
+                      config: VerificationConfig) -> Verified:
+    """Re-rank each candidate's top-k by verified aligned SSIM.
+
+    Candidates whose best embedding score is below ``config.floor`` are not verified: their
+    score is the embedding score.  For the others the final score is the best verified
+    score among the top ``config.top_k``, and the nearest image is the one that gave it.
+    ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
+    """
+    from .verify import verify_pair
+
+    q = len(candidates)
+    score = emb_scores[:, 0].astype(np.float64).copy() if q else np.zeros(0)
+    nearest = emb_index[:, 0].copy() if q else np.zeros(0, np.int64)
+    verified = np.zeros(q, dtype=bool)
+    alignment = [""] * q
+    if not config.enabled:
+        return Verified(score, nearest, verified, alignment)
+    todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
+    k = min(config.top_k, emb_index.shape[1]) if q else 0
+    for i in todo:
+        refs = load_references(emb_index[i, :k])
+        results = [verify_pair(np.asarray(candidates[i], np.float32), r, config) for r in refs]
+        best = int(np.argmax([r.score for r in results]))
+        score[i], nearest[i] = results[best].score, emb_index[i, best]
+        verified[i], alignment[i] = True, results[best].transform
+    return Verified(score, nearest, verified, alignment)
+
+
+# ----------------------------------------------------------------------------- verdicts
+def verdict_table(candidates: pd.DataFrame, emb_scores: np.ndarray, result: Verified,
+                  cohort_images: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
+    """The per-candidate result table (one row per audited image, contract columns first)."""
+    near = cohort_images.iloc[result.nearest] if len(result.nearest) else cohort_images.iloc[:0]
+    table = pd.DataFrame({
+        "image_id": candidates["image_id"].to_numpy(),
+        "source_path": candidates["source_path"].to_numpy(),
+        "label": label_scores(result.score, thresholds),
+        "score": np.round(result.score, 6),
+        "nearest_id": near["image_id"].to_numpy(),
+        "nearest_path": near["source_path"].to_numpy(),
+        "embedding_score": np.round(emb_scores[:, 0], 6) if len(emb_scores) else [],
+        "verified": result.verified,
+        "alignment": result.alignment,
+        "volume_id": candidates["volume_id"].to_numpy() if "volume_id" in candidates else None,
+        "row": candidates["row"].to_numpy(),
+        "nearest_index": result.nearest,
+    })
+    table["volume_id"] = table["volume_id"].where(table["volume_id"].astype(str).str.len() > 0, None)
+    return table.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def settings_record(settings: AuditSettings) -> dict:
+    """Settings as plain JSON types (tuples become lists)."""
+    return json.loads(json.dumps(settings.as_record()))

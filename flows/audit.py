@@ -1,0 +1,121 @@
+"""The audit flow: candidate dataset -> verdicts, gate decision, report, artifacts.
+
+A failed gate ends the flow run in a ``Failed`` state whose message says why (its data is
+the outcome); a pass completes with the outcome.  Any exception is recorded as verdict
+``error`` (never ``pass``) before the flow run fails.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.states import Failed
+
+from deepssim.config import AuditSettings
+from deepssim.pipeline import ok_rows, read_manifest
+from tasks.audit import gate_task, verify_task
+from tasks.embed import embed_task
+from tasks.ingest import ingest_task, validate_task
+from tasks.report import publish_artifacts_task, render_report_task, write_outputs_task
+from tasks.store import record_audit_task, resolve_model_task, search_task
+
+from .common import new_run_id, now_iso, resolve_db, scratch_dir, summary_skeleton
+
+EXIT_PASS, EXIT_FAIL, EXIT_NOTHING, EXIT_ERROR = 0, 1, 3, 4
+
+
+def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths: dict) -> dict:
+    """Write outputs + report, publish artifacts, record the audit; return file paths."""
+    summary["run"]["finished_at"] = now_iso()
+    files = write_outputs_task(out_dir, summary, paths.get("verdicts"), paths.get("volumes"), paths.get("manifest"))
+    files["verdicts_internal"] = paths.get("verdicts")
+    report = render_report_task(out_dir, summary, files, paths.get("pixels"), db, settings)
+    publish_artifacts_task(summary, files["verdicts"], report)
+    audit_row = {"audit_id": summary["run"]["audit_id"], "started_at": summary["run"]["started_at"],
+                 "finished_at": summary["run"]["finished_at"], "cohort": summary["cohort"]["name"],
+                 "model_id": summary["model"].get("model_id", "unknown"),
+                 "candidate_root": summary["candidate_root"], "thresholds": summary["thresholds"],
+                 "policy": summary["policy"], "settings": summary["settings"], "verdict": summary["verdict"],
+                 "counts": summary["counts"], "volume_counts": summary["volume_counts"],
+                 "reasons": summary.get("reasons", []), "complete": summary["complete"]}
+    record_audit_task(db, audit_row, files["verdicts"], settings.store_wait_s)
+    return {**files, "report": report}
+
+
+def _outcome(summary: dict, files: dict, exit_code: int) -> dict:
+    return {"verdict": summary["verdict"], "reason": summary["reason"], "counts": summary["counts"],
+            "exit_code": exit_code, "audit_id": summary["run"]["audit_id"],
+            "report": files.get("report"), "out_dir": str(Path(files.get("summary", ".")).parent)}
+
+
+def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSettings, model_path: str | None,
+                work: Path, summary: dict, paths: dict, root: str | None) -> int:
+    wait = settings.store_wait_s
+    model = resolve_model_task(db, model_path, wait)
+    summary["model"] = model
+    ingested = ingest_task(candidates, str(work), settings.ingest, model["input_size"], root)
+    summary["candidate_root"] = ingested["root"]
+    paths["pixels"] = ingested["pixels"]
+    validated = validate_task(ingested["manifest"], settings.ingest)
+    paths["manifest"] = validated["manifest"]
+    summary["validation"] = validated["validation"]
+    quarantined = validated["quarantined"]
+    if validated["ok"] == 0:
+        summary.update(reason=f"nothing auditable: {quarantined} file(s)/slice(s) quarantined, none readable",
+                       counts={"duplicate": 0, "similar": 0, "different": 0, "quarantined": quarantined},
+                       complete=True)
+        return EXIT_NOTHING
+    rows = ok_rows(read_manifest(Path(validated["manifest"])))["row"].astype(int).tolist()
+    emb_path = embed_task(ingested["pixels"], rows, model["path"], str(work / "embeddings.npy"),
+                          settings.device, settings.batch_size, label="candidate embedding")
+    found = search_task(db, cohort, model["model_id"], emb_path, settings.search.k,
+                        settings.search.candidate_block, settings.search.cohort_block, wait,
+                        str(work / "neighbours.npz"))
+    summary["cohort"]["images"] = found["cohort_images"]
+    verified = verify_task(db, cohort, validated["manifest"], ingested["pixels"], found["neighbours"],
+                           settings, str(work / "verdicts.parquet"))
+    paths["verdicts"] = verified["verdicts"]
+    gate = gate_task(verified["verdicts"], settings, quarantined)
+    paths["volumes"] = gate["volumes"]
+    decision = gate["decision"]
+    summary.update(verdict=decision["verdict"], counts=decision["counts"], volume_counts=decision["volume_counts"],
+                   reasons=decision["reasons"], complete=True,
+                   reason="; ".join(decision["reasons"]) or "no candidate copies a training image under this policy")
+    return EXIT_PASS if decision["verdict"] == "pass" else EXIT_FAIL
+
+
+@flow(name="audit", persist_result=False, validate_parameters=True)
+def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = None,
+          settings: dict | None = None, model_path: str | None = None, root: str | None = None):
+    """Audit the synthetic images under ``candidates`` against registered ``cohort``.
+
+    Writes verdicts.csv, volumes.csv, quarantine.csv, summary.json and report.html into
+    ``out_dir``.  Returns the outcome dict (``exit_code`` 0 pass, 1 fail, 3 nothing
+    auditable); a failing gate returns a Failed state carrying the same dict.
+    """
+    log = get_run_logger()
+    settings_obj = AuditSettings.from_record(settings)
+    db = resolve_db(db)
+    summary = summary_skeleton(settings_obj, cohort, str(candidates[0]) if candidates else "", new_run_id())
+    paths: dict = {}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with scratch_dir("deepssim-audit-") as work:
+        try:
+            exit_code = _run_stages(candidates, cohort, db, settings_obj, model_path, work, summary, paths, root)
+            if exit_code == EXIT_NOTHING:
+                summary["verdict"] = "error"
+            files = _finish(summary, out_dir, db, settings_obj, paths)
+        except Exception as exc:
+            summary.update(verdict="error", complete=False, reason=f"audit failed: {type(exc).__name__}: {exc}")
+            log.error("audit failed at a stage; outputs marked incomplete")
+            try:
+                _finish(summary, out_dir, db, settings_obj, paths)
+            except Exception:  # the original error matters more than a failed error report
+                log.exception("could not write the error report")
+            raise
+    outcome = _outcome(summary, files, exit_code)
+    log.info("audit %s: %s", summary["run"]["audit_id"], summary["verdict"].upper())
+    if exit_code != EXIT_PASS:
+        return Failed(message=f"DeepSSIM gate {summary['verdict'].upper()}: {summary['reason']}", data=outcome)
+    return outcome

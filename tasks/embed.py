@@ -1,0 +1,29 @@
+"""Embedding stage (runs on the flow's task runner: a thread, or a Dask worker)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+
+@task(name="embed", persist_result=False)
+def embed_task(pixels_path: str, rows: list[int], model_path: str, out_path: str,
+               device: str = "auto", batch_size: int = 256, label: str = "embedding") -> str:
+    """Embed ``pixels[rows]``; writes an (N, D) float32 ``.npy``.  A progress artifact
+    shows how far it got in the Prefect UI."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from deepssim.pipeline import embed_pixels
+
+    total = len(rows)
+    artifact = create_progress_artifact(progress=0.0, description=f"deepssim {label}: {total} image(s)")
+    step = max(1, total // 20)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % step < 256:
+            update_progress_artifact(artifact_id=artifact, progress=100.0 * done / max(1, total))
+
+    embed_pixels(Path(pixels_path), rows, Path(model_path), Path(out_path), device, batch_size, progress)
+    update_progress_artifact(artifact_id=artifact, progress=100.0)
+    get_run_logger().info("embedded %d image(s)", total)
+    return out_path

@@ -1,0 +1,109 @@
+"""Outputs of an audit: CSV/JSON contract files, the HTML report and Prefect artifacts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from deepssim.config import AuditSettings
+from deepssim.outputs import (QUARANTINE_COLUMNS, VERDICT_COLUMNS, VOLUME_COLUMNS, quarantine_table,
+                              write_summary, write_table)
+from deepssim.pipeline import read_manifest
+from deepssim.store import Store
+
+_ORDER = {"duplicate": 0, "similar": 1, "different": 2}
+
+
+def worst_first(verdicts: pd.DataFrame) -> pd.DataFrame:
+    key = verdicts["label"].map(_ORDER)
+    return verdicts.assign(_k=key).sort_values(["_k", "score", "image_id"], ascending=[True, False, True]) \
+        .drop(columns="_k")
+
+
+@task(name="write-outputs", persist_result=False)
+def write_outputs_task(out_dir: str, summary: dict, verdicts_path: str | None, volumes_path: str | None,
+                       manifest_path: str | None) -> dict:
+    """verdicts.csv, volumes.csv, quarantine.csv and summary.json into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    verdicts = pd.read_parquet(verdicts_path) if verdicts_path else pd.DataFrame(columns=VERDICT_COLUMNS)
+    volumes = pd.read_parquet(volumes_path) if volumes_path else pd.DataFrame(columns=VOLUME_COLUMNS)
+    manifest = read_manifest(Path(manifest_path)) if manifest_path else None
+    quarantine = quarantine_table(manifest) if manifest is not None else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    files = {
+        "verdicts": write_table(verdicts, VERDICT_COLUMNS, out / "verdicts.csv"),
+        "volumes": write_table(volumes, VOLUME_COLUMNS, out / "volumes.csv"),
+        "quarantine": write_table(quarantine, QUARANTINE_COLUMNS, out / "quarantine.csv"),
+        "summary": write_summary(summary, out / "summary.json"),
+    }
+    return {k: str(v) for k, v in files.items()}
+
+
+def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, db: str, cohort: str, n: int,
+              wait_s: float) -> list[dict]:
+    from governance_reports.images import png_bytes
+
+    top = worst_first(verdicts)
+    top = top[top["label"] != "different"].head(n) if (top["label"] != "different").any() else top.head(min(n, 4))
+    if not len(top) or not pixels_path:
+        return []
+    pixels = np.load(pixels_path, mmap_mode="r")
+    with Store(db, wait_s=wait_s) as store:
+        images = store.cohort_images(cohort)
+        refs = store.load_pixels(images.iloc[top["nearest_index"].astype(int).to_numpy()])
+    return [{"candidate_id": r.image_id, "candidate_png": png_bytes(np.asarray(pixels[int(r.row)], np.float32)),
+             "nearest_id": r.nearest_id, "nearest_png": png_bytes(ref), "score": float(r.score),
+             "embedding_score": float(r.embedding_score), "label": r.label, "alignment": r.alignment}
+            for r, ref in zip(top.itertuples(), refs)]
+
+
+@task(name="render-report", persist_result=False)
+def render_report_task(out_dir: str, summary: dict, files: dict, pixels_path: str | None, db: str,
+                       settings: AuditSettings) -> str:
+    """The self-contained HTML report with the evidence pairs side by side."""
+    from governance_reports import render_report
+
+    verdicts = pd.read_csv(files["verdicts"], keep_default_na=False, na_values=[""])
+    evidence = []
+    if len(verdicts) and summary.get("cohort", {}).get("name"):
+        internal = pd.read_parquet(Path(files["verdicts_internal"])) if files.get("verdicts_internal") else None
+        if internal is not None:
+            evidence = _evidence(internal, pixels_path, db, summary["cohort"]["name"], settings.evidence_pairs,
+                                 settings.store_wait_s)
+    context = {
+        "summary": summary,
+        "verdicts": verdicts.to_dict("records"),
+        "volumes": pd.read_csv(files["volumes"]).to_dict("records"),
+        "quarantine": pd.read_csv(files["quarantine"]).to_dict("records"),
+        "validation": summary.get("validation"),
+        "evidence": evidence,
+        "best_scores": verdicts["score"].dropna().astype(float).tolist() if len(verdicts) else [],
+    }
+    return str(render_report(context, Path(out_dir) / "report.html"))
+
+
+@task(name="publish-artifacts", persist_result=False)
+def publish_artifacts_task(summary: dict, verdicts_csv: str, report_path: str, top_n: int = 20) -> None:
+    """Prefect UI artifacts with stable keys (ids, paths and scores only — no pixels)."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    counts = summary.get("counts", {})
+    md = [f"# DeepSSIM gate: **{summary['verdict'].upper()}**", "", summary.get("reason", ""), "",
+          "| label | count |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in counts.items()]
+    md += ["", f"cohort `{summary.get('cohort', {}).get('name')}` · model `{summary.get('model', {}).get('model_id')}`"
+           f" · thresholds {summary.get('thresholds', {}).get('similar')}/{summary.get('thresholds', {}).get('duplicate')}"]
+    create_markdown_artifact(key="deepssim-gate-summary", markdown="\n".join(md),
+                             description="DeepSSIM memorization gate verdict")
+    rows = []
+    if Path(verdicts_csv).exists():
+        verdicts = pd.read_csv(verdicts_csv, keep_default_na=False)
+        if len(verdicts):
+            rows = worst_first(verdicts).head(top_n)[["image_id", "label", "score", "nearest_id",
+                                                       "nearest_path"]].to_dict("records")
+    create_table_artifact(key="deepssim-top-matches", table=rows or [{"image_id": "", "label": "none"}],
+                          description="Worst candidates and their nearest training images")
+    create_link_artifact(key="deepssim-report", link=Path(report_path).resolve().as_uri(),
+                         link_text="DeepSSIM audit report", description="Self-contained HTML audit report")

@@ -1,0 +1,126 @@
+"""Training pairs (balanced, subject-correct) and a few real training steps on CPU."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepssim.augment import nuisance_augment
+from deepssim.config import EncoderConfig
+from deepssim.model import DeepSSIMEncoder, cosine_scores
+from deepssim.pairs import ImagePool, PairMix, PairSampler
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRAIN_SUBJECTS = {"colin27", "heudiconv_ke6hL9Lm", "nibabel_example4d", "dipy_piesno", "dipy_aniso_vox"}
+VAL_SUBJECTS = {"icbm152_2009_template", "heudiconv_crlab", "nibabel_anatomical"}
+
+
+@pytest.fixture(scope="module")
+def pool() -> ImagePool:
+    from deepssim.trainingdata import as_pool, read_slice_folder
+
+    if not (DATA / "manifest.csv").is_file():
+        pytest.skip("shared data not present")
+    return as_pool(read_slice_folder(DATA))
+
+
+def subjects_of(pool: ImagePool, images: torch.Tensor) -> list[set[int]]:
+    """Map each image back to the subject(s) of the pool rows it was copied from."""
+    index: dict[bytes, set[int]] = {}
+    for img, subj in zip(pool.images, pool.subject.tolist()):
+        index.setdefault(img.numpy().tobytes(), set()).add(subj)
+    return [index[img.numpy().tobytes()] for img in images]
+
+
+def test_pool_is_sorted_and_labelled(pool):
+    assert pool.images.shape[1:] == (1, 128, 128)
+    assert float(pool.images.min()) >= 0 and float(pool.images.max()) <= 1
+    assert len(pool.subject) == len(pool.volume) == len(pool.position) == len(pool)
+    # neighbours are adjacent rows: inside a volume, positions increase
+    same_vol = pool.volume[1:] == pool.volume[:-1]
+    assert bool((pool.position[1:][same_vol] > pool.position[:-1][same_vol]).all())
+    sub = pool.select_subjects({"colin27"})
+    assert 0 < len(sub) < len(pool) and set(sub.subject.tolist()) == {pool.subject_names.index("colin27")}
+
+
+def test_sampler_targets_span_range_with_flat_histogram(pool):
+    sampler = PairSampler(pool, seed=0)
+    a, b, target = sampler.draw(300)
+    assert a.shape == b.shape == (300, 1, 128, 128) and target.shape == (300,)
+    assert torch.isfinite(target).all()
+    assert float(target.min()) < 0.1 and float(target.max()) > 0.99
+    # labels are the aligned SSIM of the returned pair
+    from deepssim.ssim import reference_ssim
+
+    for i in range(0, 300, 60):
+        assert float(target[i]) == pytest.approx(reference_ssim(a[i, 0].numpy(), b[i, 0].numpy()), abs=1e-4)
+    # roughly flat over the populated range: no bin of width 0.1 in [0.1, 0.9] holds
+    # fewer than half or more than twice the median; the top bin is boosted (copies)
+    hist = torch.histc(target, 12, -0.2, 1.0)
+    middle = hist[3:11]
+    med = float(middle.median())
+    assert float(middle.min()) >= 0.5 * med and float(middle.max()) <= 2.0 * med, hist.tolist()
+    assert float(hist[-1]) >= 1.2 * med, hist.tolist()
+    # flatter than the unbalanced draw it came from
+    _, _, raw, _ = PairSampler(pool, seed=0).draw_raw(300)
+    raw_mid = torch.histc(raw, 12, -0.2, 1.0)[3:11]
+    assert float(middle.std() / middle.mean()) < float(raw_mid.std() / raw_mid.mean())
+
+
+def test_sampler_is_seeded(pool):
+    t1 = PairSampler(pool, seed=5).draw(40)[2]
+    t2 = PairSampler(pool, seed=5).draw(40)[2]
+    t3 = PairSampler(pool, seed=6).draw(40)[2]
+    assert torch.equal(t1, t2) and not torch.equal(t1, t3)
+
+
+@pytest.mark.parametrize("kind", ["same_subject", "other_subject", "neighbour"])
+def test_sampler_pair_kinds_respect_subjects(pool, kind):
+    mix = PairMix(**{k: (1.0 if k == kind else 0.0) for k in PairSampler.KINDS})
+    a, b, target, kinds = PairSampler(pool, mix, seed=3).draw_raw(120)
+    assert len(a) > 100 and bool((kinds == PairSampler.KINDS.index(kind)).all())
+    sa, sb = subjects_of(pool, a), subjects_of(pool, b)
+    if kind == "other_subject":
+        assert all(not (x & y) for x, y in zip(sa, sb))
+        assert float(target.mean()) < 0.5
+    else:  # same subject, never across subjects
+        assert all(x & y for x, y in zip(sa, sb))
+        assert float(target.mean()) > 0.3
+
+
+def fixed_batch_loss(model: DeepSSIMEncoder, a, b, target, seed: int = 11) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    aug = nuisance_augment()
+    model.eval()
+    with torch.no_grad():
+        score = cosine_scores(model(aug(a, gen)), model(aug(b, gen)))
+    return float(torch.nn.functional.mse_loss(score, target))
+
+
+def test_few_training_steps_reduce_loss(pool):
+    from deepssim.train import TrainConfig, train
+
+    train_pool = pool.select_subjects(TRAIN_SUBJECTS)
+    val_pool = pool.select_subjects(VAL_SUBJECTS)
+    encoder = EncoderConfig()
+    torch.manual_seed(0)
+    init = DeepSSIMEncoder(encoder)
+    a, b, target = PairSampler(train_pool, seed=99).draw(64)
+    before = fixed_batch_loss(init, a, b, target)
+    config = TrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=30, eval_pairs=48,
+                         device="cpu", seed=0)
+    logs: list[str] = []
+    result = train(train_pool, val_pool, config, encoder, init_state=init.state_dict(), log=logs.append)
+    after = fixed_batch_loss(result.model, a, b, target)
+    assert result.steps == 30 and result.best_step == 30
+    assert len(result.history) == 1 and logs and "step 30/30" in logs[0]
+    for key in ("mae_aligned", "mae_augmented", "spearman_augmented", "copy_rate_gt_0.85",
+                "different_rate_le_0.60", "mae_augmented_by_band"):
+        assert key in result.metrics
+    assert result.config["train"]["steps"] == 30
+    # the loss on a fixed, never-trained-on batch falls clearly
+    assert after < 0.7 * before, (before, after)
+    # and training is deterministic
+    assert not result.model.training
+    emb = result.model(a[:4])
+    assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
