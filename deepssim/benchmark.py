@@ -342,21 +342,35 @@ def method_deepssim(data: BenchData) -> MethodResult:
     return scores[:, 0], idx[:, 0]
 
 
-def method_deepssim_verify(data: BenchData) -> MethodResult:
-    """Top-k by embedding, re-ranked by :func:`deepssim.verify.verify_candidates`; a
-    candidate whose best embedding score is under ``verification.floor`` keeps it."""
-    from .search import topk_cosine
-    from .verify import verify_candidates
+def _verified_topk(data: BenchData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Embedding top-k (scores, indices) and verification of each candidate against them,
+    exactly as the audit does it (:func:`deepssim.pipeline.verify_neighbours`); cached."""
+    if "verified" not in data._cache:
+        from .pipeline import verify_neighbours
+        from .search import topk_cosine
 
-    train_emb, cand_emb = data.embeddings()
-    emb_s, idx = topk_cosine(cand_emb, train_emb, data.verification.top_k)
-    check = emb_s[:, 0] >= data.verification.floor
-    scores, nearest = emb_s[:, 0].astype(np.float64), idx[:, 0].copy()
-    if check.any():
-        ver, _ = verify_candidates(data.candidates[check], data.train[idx[check]], data.verification)
-        scores[check] = ver.max(1)
-        nearest[check] = idx[check][np.arange(check.sum()), ver.argmax(1)]
-    return scores, nearest
+        train_emb, cand_emb = data.embeddings()
+        emb_s, idx = topk_cosine(cand_emb, train_emb, data.verification.top_k)
+        emb_s, idx = np.asarray(emb_s, np.float64), np.asarray(idx)
+        result = verify_neighbours(data.candidates, emb_s, idx, lambda rows: data.train[rows],
+                                   data.verification)
+        data._cache["verified"] = (emb_s, idx, result)
+    return data._cache["verified"]
+
+
+def method_deepssim_verify(data: BenchData) -> MethodResult:
+    """The audit's decision: top-k by embedding, then :func:`deepssim.pipeline.verify_neighbours`
+    (verification score of the best of the top-k, fused with the embedding score as
+    ``VerificationConfig.fusion`` says); candidates under ``verification.floor`` keep the
+    embedding score."""
+    _, _, result = _verified_topk(data)
+    return result.score, result.nearest
+
+
+def method_verify_only(data: BenchData) -> MethodResult:
+    """Verification score alone (best of the embedding top-k), no fusion."""
+    emb_s, idx, result = _verified_topk(data)
+    return result.verification_score, result.nearest
 
 
 def method_raw_ssim(data: BenchData) -> MethodResult:
@@ -388,11 +402,13 @@ def method_verify_exhaustive(data: BenchData) -> MethodResult:
 METHODS: dict[str, Callable[[BenchData], MethodResult]] = {
     "DeepSSIM": method_deepssim,
     "DeepSSIM + verification": method_deepssim_verify,
+    "verification of DeepSSIM top-k (no fusion)": method_verify_only,
     "raw SSIM (exhaustive)": method_raw_ssim,
     "pixel correlation": method_pixel_correlation,
     "verification (exhaustive, no model)": method_verify_exhaustive,
 }
-DEFAULT_METHODS = ("DeepSSIM", "DeepSSIM + verification", "raw SSIM (exhaustive)", "pixel correlation")
+DEFAULT_METHODS = ("DeepSSIM", "DeepSSIM + verification", "verification of DeepSSIM top-k (no fusion)",
+                   "raw SSIM (exhaustive)", "pixel correlation")
 
 
 def recall_at_precision(scores: np.ndarray, positive: np.ndarray, min_precision: float = 0.95) -> float:

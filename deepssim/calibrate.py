@@ -131,3 +131,64 @@ def calibrate_from_benchmark(scores, truth_labels, min_duplicate_recall: float =
     return Thresholds(similar=max(-1.0, sim_cut), duplicate=min(1.0, dup_cut), source=(
         f"calibrated on {name}: macro F1 {f1:.3f} at duplicate recall {recall:.3f} "
         f"(floor {min_duplicate_recall:g}, {len(scores)} candidates)"))
+
+
+# --------------------------------------------------------------------------- store round trip
+
+def calibrate_benchmark_dir(bench_dir, checkpoint=None, verification=None,
+                            min_duplicate_recall: float = 0.98, method: str = "DeepSSIM + verification"
+                            ) -> tuple[Thresholds, dict]:
+    """Thresholds for the audit's final score, from a built benchmark (``deepssim.benchmark``).
+
+    The benchmark is scored exactly as an audit scores (``method``: embedding top-k, then
+    verification fused by ``VerificationConfig.fusion``) and :func:`calibrate_from_benchmark`
+    picks the pair with the best macro F1 whose duplicate recall >= ``min_duplicate_recall``.
+    Returns the thresholds and a details dict (benchmark, method, settings, counts) for the store.
+    """
+    from dataclasses import asdict
+
+    from .benchmark import run_benchmark
+    from .config import VerificationConfig
+
+    verification = verification or VerificationConfig()
+    results = run_benchmark(bench_dir, checkpoint=checkpoint, methods=[method], verification=verification)
+    row = results["methods"][method]
+    from .benchmark import load_benchmark
+
+    labels = [t["label"] for t in load_benchmark(bench_dir).truth]
+    thresholds = calibrate_from_benchmark(row["scores"], labels, min_duplicate_recall,
+                                          name=f"benchmark {bench_dir} ({method})")
+    details = {"route": "benchmark", "benchmark": str(bench_dir), "method": method,
+               "min_duplicate_recall": min_duplicate_recall, "candidates": len(labels),
+               "verification": asdict(verification),
+               "checkpoint": str(checkpoint) if checkpoint else "default"}
+    return thresholds, details
+
+
+def calibrate_store_cohort(store, cohort: str, model_id: str, **kwargs) -> tuple[Thresholds, dict]:
+    """:func:`calibrate_from_cohort` on a registered cohort's embeddings (``model_id``); a
+    row's subject is its volume, else the folder of its image id.  These thresholds describe
+    honest non-members' *embedding* scores; an audit's fused score (max of embedding and
+    verification) is never lower, so they err towards flagging, never towards missing."""
+    images = store.cohort_images(cohort)
+    emb = store.cohort_embeddings(cohort, model_id)
+    ids = images["image_id"].astype(str)
+    subjects = ids.map(lambda s: s.split("#")[0].rsplit("/", 1)[0] if "/" in s else s.split("#")[0])
+    if "volume_id" in images:
+        vol = images["volume_id"]
+        subjects = vol.where(vol.notna() & (vol.astype(str) != ""), subjects).astype(str)
+    thresholds = calibrate_from_cohort(np.asarray(emb), subjects.to_numpy(), name=f"cohort {cohort}", **kwargs)
+    return thresholds, {"route": "cohort", "cohort": cohort, "model_id": model_id, "images": len(images),
+                        "subjects": int(subjects.nunique())}
+
+
+def latest_thresholds(store, cohort: str | None) -> tuple[Thresholds, str] | None:
+    """The latest calibration recorded for ``cohort``, else the latest global one (recorded
+    with no cohort); ``None`` when there is neither.  Returns the thresholds (their
+    ``source`` names the calibration id and how it was made) and the calibration id."""
+    row = (store.latest_calibration(cohort) if cohort is not None else None) or store.latest_calibration(None)
+    if row is None:
+        return None
+    scope = f"cohort {cohort}" if cohort is not None and store.latest_calibration(cohort) else "global"
+    return Thresholds(similar=float(row["similar"]), duplicate=float(row["duplicate"]),
+                      source=f"calibration {row['calibration_id']} ({scope}): {row['source']}"), row["calibration_id"]

@@ -80,6 +80,11 @@ class VerificationConfig:
 
     Only candidates whose embedding score exceeds ``floor`` are verified, against their
     ``top_k`` nearest training images, so the cost is O(top_k) per candidate.
+    ``refine_steps``: continuous rotation/zoom/shift refinement after the grid search;
+    ``terms``: which SSIM terms are averaged ("s" structure only — robust to shading and
+    contrast changes —, "cs", or "ssim" the full reference formula); ``fusion``: how the
+    verification score and the embedding score make the final score ("max" | "verification",
+    see ``deepssim.pipeline.fuse_scores``).
     """
 
     enabled: bool = True
@@ -87,6 +92,12 @@ class VerificationConfig:
     top_k: int = 5
     rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     compare_size: int = 64
+    refine_steps: int = 30
+    terms: str = "s"
+    # recall first (BENCHMARKS.md, "Detection quality"): on held-out subjects the
+    # verification score finds copies the encoder misjudges, on familiar low-resolution
+    # EPI the encoder finds copies whose alignment search falls short — "max" keeps both
+    fusion: str = "max"
 
 
 @dataclass(frozen=True)

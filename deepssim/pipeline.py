@@ -64,36 +64,71 @@ def embed_pixels(pixels_path: Path, rows: np.ndarray, model_path: Path, out_path
     rows = np.asarray(rows, dtype=np.int64)
     out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32,
                                     shape=(len(rows), model.config.embedding_dim))
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        out[start:start + len(chunk)] = embedder.embed_batch(np.asarray(pixels[chunk], dtype=np.float32))
+    starts = range(0, len(rows), batch_size)
+    for start, batch in zip(starts, _prefetched(pixels, rows, starts, batch_size)):
+        out[start:start + len(batch)] = embedder.embed_batch(batch)
         if progress:
-            progress(start + len(chunk), len(rows))
+            progress(start + len(batch), len(rows))
     out.flush()
     del out
     return Path(out_path)
+
+
+def _prefetched(pixels: np.ndarray, rows: np.ndarray, starts: range, batch_size: int):
+    """Yield float32 batches ``pixels[rows[start:start + batch_size]]``, reading the next
+    batch from the memory map in a background thread while the current one is embedded
+    (numpy and torch release the GIL, so loading overlaps the forward pass)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(start: int) -> np.ndarray:
+        return np.asarray(pixels[rows[start:start + batch_size]], dtype=np.float32)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepssim-prefetch") as pool:
+        pending = pool.submit(load, starts[0]) if len(starts) else None
+        for i in range(len(starts)):
+            batch = pending.result()
+            pending = pool.submit(load, starts[i + 1]) if i + 1 < len(starts) else None
+            yield batch
 
 
 # ----------------------------------------------------------------------------- verification
 @dataclass
 class Verified:
     """Per candidate: final score, index (into the cohort order) of the best match,
-    whether verification ran, and the alignment found."""
+    whether verification ran, the alignment found, and the verification score alone
+    (NaN where verification did not run)."""
 
     score: np.ndarray
     nearest: np.ndarray
     verified: np.ndarray
     alignment: list[str]
+    verification_score: np.ndarray | None = None
+
+
+def fuse_scores(embedding: np.ndarray, verification: np.ndarray, fusion: str) -> np.ndarray:
+    """Final score from the best embedding score and the best verification score.
+
+    ``"max"``: a candidate is as suspicious as the stronger of the two pieces of evidence
+    (recall first: a copy whose alignment search fails is still caught by the learned score,
+    and a copy the encoder misjudges is still caught by verification).  ``"verification"``:
+    the verification score alone."""
+    if fusion == "max":
+        return np.maximum(embedding, verification)
+    if fusion == "verification":
+        return np.asarray(verification, np.float64).copy()
+    raise ValueError(f"unknown fusion {fusion!r} (max | verification)")
 
 
 def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index: np.ndarray,
                       load_references: Callable[[np.ndarray], np.ndarray],
                       config: VerificationConfig) -> Verified:
-    """Re-rank each candidate's top-k by verified aligned SSIM.
+    """Verify each candidate against its top-k training images and fuse the evidence.
 
     Candidates whose best embedding score is below ``config.floor`` are not verified: their
-    score is the embedding score.  For the others the final score is the best verified
-    score among the top ``config.top_k``, and the nearest image is the one that gave it.
+    score is the embedding score.  For the others every one of the top ``config.top_k``
+    (O(k) per candidate) is verified (:func:`deepssim.verify.verify_pair`); the best
+    verification score is fused with the best embedding score by ``config.fusion``
+    (:func:`fuse_scores`), and the nearest image is the one verification matched best.
     ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
     """
     from .verify import verify_pair
@@ -102,18 +137,21 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     score = emb_scores[:, 0].astype(np.float64).copy() if q else np.zeros(0)
     nearest = emb_index[:, 0].copy() if q else np.zeros(0, np.int64)
     verified = np.zeros(q, dtype=bool)
+    ver_score = np.full(q, np.nan)
     alignment = [""] * q
     if not config.enabled:
-        return Verified(score, nearest, verified, alignment)
+        return Verified(score, nearest, verified, alignment, ver_score)
     todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
     k = min(config.top_k, emb_index.shape[1]) if q else 0
     for i in todo:
         refs = load_references(emb_index[i, :k])
         results = [verify_pair(np.asarray(candidates[i], np.float32), r, config) for r in refs]
         best = int(np.argmax([r.score for r in results]))
-        score[i], nearest[i] = results[best].score, emb_index[i, best]
+        ver_score[i] = results[best].score
+        score[i] = float(fuse_scores(np.float64(emb_scores[i, 0]), np.float64(ver_score[i]), config.fusion))
+        nearest[i] = emb_index[i, best]
         verified[i], alignment[i] = True, results[best].transform
-    return Verified(score, nearest, verified, alignment)
+    return Verified(score, nearest, verified, alignment, ver_score)
 
 
 # ----------------------------------------------------------------------------- verdicts

@@ -36,6 +36,27 @@ def _merge(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_
     return scores.gather(1, order), index.gather(1, order)
 
 
+def _block_topk(tile: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of each row of a (q, n) score tile, n >= 1; among equal scores the lower
+    column wins.  ``torch.topk`` picks an arbitrary subset of the scores tied with the
+    k-th, so rows with such a tie (rare: e.g. a training image registered twice) are
+    re-selected with a stable sort."""
+    kk = min(k, tile.shape[1])
+    s, i = torch.topk(tile, kk, dim=1, sorted=False)
+    if kk < tile.shape[1]:
+        kth = s.min(dim=1, keepdim=True).values
+        tied = ((tile >= kth).sum(dim=1) > kk).nonzero().flatten()
+        if len(tied):
+            order = torch.argsort(tile[tied], dim=1, descending=True, stable=True)[:, :kk]
+            i[tied] = order
+            s[tied] = tile[tied].gather(1, order)
+    return s, i
+
+
+# Largest score tile (queries x cohort rows) held at once: 2**26 float32 = 256 MiB.
+MAX_TILE_ELEMENTS = 2**26
+
+
 @torch.inference_mode()
 def topk_cosine(queries: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor | Callable | Iterable,
                 k: int = 5, query_block: int = 4096, key_block: int = 65536,
@@ -62,13 +83,15 @@ def topk_cosine(queries: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Ten
         best_i = torch.zeros((len(q), 0), dtype=torch.long, device=device)
         offset = 0
         blocks = key_blocks if key_blocks is not None else _as_blocks(keys, key_block)
+        step = max(1, MAX_TILE_ELEMENTS // max(1, len(q)))
         for kb in blocks:
             kb = kb.to(device)
-            tile = q @ kb.T
-            kk = min(k, tile.shape[1])
-            if kk:
-                s, i = torch.topk(tile, kk, dim=1, sorted=False)
-                best_s, best_i = _merge(best_s, best_i, s, i + offset, k)
+            for sub in range(0, len(kb), step):  # bounds the score tile, not the store reads
+                tile = q @ kb[sub:sub + step].T
+                if min(k, tile.shape[1]):
+                    s, i = _block_topk(tile, k)
+                    best_s, best_i = _merge(best_s, best_i, s, i + offset + sub, k)
+                del tile  # free before the next tile is allocated: peak memory is one tile
             offset += len(kb)
         out_s.append(best_s.cpu())
         out_i.append(best_i.cpu())

@@ -167,6 +167,10 @@ class Store:
 
     def _embedding_table(self, dim: int) -> str:
         name = f"embeddings_d{int(dim)}"
+        if self.read_only:  # a read-only connection cannot CREATE; the table must exist
+            if not self.con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone():
+                raise StoreError(f"store {self.path} holds no {int(dim)}-d embeddings")
+            return name
         self.con.execute(f"CREATE TABLE IF NOT EXISTS {name} (input_sha256 VARCHAR NOT NULL, "
                          f"model_id VARCHAR NOT NULL, embedding FLOAT[{int(dim)}] NOT NULL, "
                          f"PRIMARY KEY (input_sha256, model_id))")
@@ -308,7 +312,10 @@ class Store:
         return np.concatenate(blocks) if blocks else np.zeros((0, self._model_dim(model_id)), np.float32)
 
     def load_pixels(self, images: pd.DataFrame) -> np.ndarray:
-        """Pixels (N, S, S) float32 in [0, 1] of store rows (pixel_shard, pixel_row)."""
+        """Pixels (N, S, S) float32 in [0, 1] of store rows (pixel_shard, pixel_row).
+
+        Reads only the ``.npy`` shards, never the database, so it also works after
+        :meth:`close` (verification relies on this to release the lock early)."""
         out = None
         for shard, g in images.reset_index(drop=True).groupby("pixel_shard", sort=False):
             arr = np.load(self.pixel_dir / shard, mmap_mode="r")

@@ -75,7 +75,9 @@ def make_eval_set(pool: ImagePool, n_pairs: int = 1024, seed: int = 1234,
     a, b, target = PairSampler(pool, PairMix(), seed=seed).draw(n_pairs)
     gen = torch.Generator(device=a.device).manual_seed(seed + 1)
     aug = nuisance_augment(augment_strength)
-    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n_pairs]
+    # repeat the pool when it is smaller than n_pairs: every copy is a different transform
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    pick = order.repeat(-(-n_pairs // len(pool)))[:n_pairs]
     originals = pool.images[pick.to(pool.images.device)]
     only_others = PairMix(identical=0, edited=0, neighbour=0, same_subject=0, other_subject=1)
     da, db, dt, _ = PairSampler(pool, only_others, seed=seed + 2).draw_raw(n_pairs * 2)

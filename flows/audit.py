@@ -13,22 +13,30 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from deepssim.config import AuditSettings
+from deepssim.outputs import write_summary
 from deepssim.pipeline import ok_rows, read_manifest
 from tasks.audit import gate_task, verify_task
-from tasks.embed import embed_task
-from tasks.ingest import ingest_task, validate_task
+from tasks.dashboard import publish_dashboard_task
+from tasks.ingest import validate_task
 from tasks.report import publish_artifacts_task, render_report_task, write_outputs_task
 from tasks.store import record_audit_task, resolve_model_task, search_task
 
 from .common import new_run_id, now_iso, resolve_db, scratch_dir, summary_skeleton
+from .runners import DEFAULT_SHARD_FILES, embed_stage, ingest_stage
 
 EXIT_PASS, EXIT_FAIL, EXIT_NOTHING, EXIT_ERROR = 0, 1, 3, 4
+STALE_OUTPUTS = ("verdicts.csv", "volumes.csv", "quarantine.csv", "report.html")
 
 
 def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths: dict) -> dict:
     """Write outputs + report, publish artifacts, record the audit; return file paths."""
     summary["run"]["finished_at"] = now_iso()
-    files = write_outputs_task(out_dir, summary, paths.get("verdicts"), paths.get("volumes"), paths.get("manifest"))
+    # summary.json is written twice: first as "error/incomplete", and with the real verdict
+    # only once the report, artifacts and store record exist — a crash in between never
+    # leaves a "pass" on disk for an audit that did not finish.
+    pending = summary if summary["verdict"] == "error" else {
+        **summary, "verdict": "error", "complete": False, "reason": "audit interrupted while writing its outputs"}
+    files = write_outputs_task(out_dir, pending, paths.get("verdicts"), paths.get("volumes"), paths.get("manifest"))
     files["verdicts_internal"] = paths.get("verdicts")
     report = render_report_task(out_dir, summary, files, paths.get("pixels"), db, settings)
     publish_artifacts_task(summary, files["verdicts"], report)
@@ -40,7 +48,22 @@ def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths
                  "counts": summary["counts"], "volume_counts": summary["volume_counts"],
                  "reasons": summary.get("reasons", []), "complete": summary["complete"]}
     record_audit_task(db, audit_row, files["verdicts"], settings.store_wait_s)
+    try:
+        publish_dashboard_task(db, settings.store_wait_s)
+    except Exception:  # the dashboard is a convenience: the verdict must not depend on it
+        get_run_logger().warning("could not publish the dashboard artifacts")
+    write_summary(summary, Path(files["summary"]))
     return {**files, "report": report}
+
+
+def _mark_started(out_dir: str, summary: dict) -> None:
+    """Replace a previous run's outputs by an "error / incomplete" summary before any stage
+    runs, so a killed audit never leaves an older "pass" (or its report) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in STALE_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    write_summary(summary, out / "summary.json")
 
 
 def _outcome(summary: dict, files: dict, exit_code: int) -> dict:
@@ -49,12 +72,22 @@ def _outcome(summary: dict, files: dict, exit_code: int) -> dict:
             "report": files.get("report"), "out_dir": str(Path(files.get("summary", ".")).parent)}
 
 
+def _failure_message(summary: dict, duplicates: list[str]) -> str:
+    """The Failed state's message: verdict, reason and the ids of the worst duplicates."""
+    message = f"DeepSSIM gate {summary['verdict'].upper()}: {summary['reason']}"
+    if duplicates:
+        more = summary["counts"].get("duplicate", len(duplicates)) - len(duplicates)
+        message += "; duplicates: " + ", ".join(duplicates) + (f" (+{more} more)" if more > 0 else "")
+    return message
+
+
 def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSettings, model_path: str | None,
-                work: Path, summary: dict, paths: dict, root: str | None) -> int:
+                work: Path, summary: dict, paths: dict, root: str | None,
+                shard_files: int = DEFAULT_SHARD_FILES) -> int:
     wait = settings.store_wait_s
     model = resolve_model_task(db, model_path, wait)
     summary["model"] = model
-    ingested = ingest_task(candidates, str(work), settings.ingest, model["input_size"], root)
+    ingested = ingest_stage(candidates, work, settings.ingest, model["input_size"], root, shard_files)
     summary["candidate_root"] = ingested["root"]
     paths["pixels"] = ingested["pixels"]
     validated = validate_task(ingested["manifest"], settings.ingest)
@@ -67,8 +100,8 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
                        complete=True)
         return EXIT_NOTHING
     rows = ok_rows(read_manifest(Path(validated["manifest"])))["row"].astype(int).tolist()
-    emb_path = embed_task(ingested["pixels"], rows, model["path"], str(work / "embeddings.npy"),
-                          settings.device, settings.batch_size, label="candidate embedding")
+    emb_path = embed_stage(ingested["pixels"], rows, model["path"], str(work / "embeddings.npy"),
+                           settings.device, settings.batch_size, "candidate embedding")
     found = search_task(db, cohort, model["model_id"], emb_path, settings.search.k,
                         settings.search.candidate_block, settings.search.cohort_block, wait,
                         str(work / "neighbours.npz"))
@@ -78,6 +111,7 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
     paths["verdicts"] = verified["verdicts"]
     gate = gate_task(verified["verdicts"], settings, quarantined)
     paths["volumes"] = gate["volumes"]
+    paths["duplicates"] = gate["duplicates"]  # ids only: named in the Failed state's message
     decision = gate["decision"]
     summary.update(verdict=decision["verdict"], counts=decision["counts"], volume_counts=decision["volume_counts"],
                    reasons=decision["reasons"], complete=True,
@@ -87,28 +121,32 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
 
 @flow(name="audit", persist_result=False, validate_parameters=True)
 def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = None,
-          settings: dict | None = None, model_path: str | None = None, root: str | None = None):
+          settings: dict | None = None, model_path: str | None = None, root: str | None = None,
+          shard_files: int = DEFAULT_SHARD_FILES):
     """Audit the synthetic images under ``candidates`` against registered ``cohort``.
 
     Writes verdicts.csv, volumes.csv, quarantine.csv, summary.json and report.html into
     ``out_dir``.  Returns the outcome dict (``exit_code`` 0 pass, 1 fail, 3 nothing
     auditable); a failing gate returns a Failed state carrying the same dict.
+    On a Dask task runner ingestion and embedding run as shards of ``shard_files`` files.
     """
     log = get_run_logger()
     settings_obj = AuditSettings.from_record(settings)
     db = resolve_db(db)
     summary = summary_skeleton(settings_obj, cohort, str(candidates[0]) if candidates else "", new_run_id())
     paths: dict = {}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _mark_started(out_dir, summary)
     with scratch_dir("deepssim-audit-") as work:
         try:
-            exit_code = _run_stages(candidates, cohort, db, settings_obj, model_path, work, summary, paths, root)
+            exit_code = _run_stages(candidates, cohort, db, settings_obj, model_path, work, summary, paths, root,
+                                    shard_files)
             if exit_code == EXIT_NOTHING:
                 summary["verdict"] = "error"
             files = _finish(summary, out_dir, db, settings_obj, paths)
         except Exception as exc:
             summary.update(verdict="error", complete=False, reason=f"audit failed: {type(exc).__name__}: {exc}")
             log.error("audit failed at a stage; outputs marked incomplete")
+            write_summary(summary, Path(out_dir) / "summary.json")  # first: the steps below may fail too
             try:
                 _finish(summary, out_dir, db, settings_obj, paths)
             except Exception:  # the original error matters more than a failed error report
@@ -117,5 +155,5 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
     outcome = _outcome(summary, files, exit_code)
     log.info("audit %s: %s", summary["run"]["audit_id"], summary["verdict"].upper())
     if exit_code != EXIT_PASS:
-        return Failed(message=f"DeepSSIM gate {summary['verdict'].upper()}: {summary['reason']}", data=outcome)
+        return Failed(message=_failure_message(summary, paths.get("duplicates") or []), data=outcome)
     return outcome

@@ -21,6 +21,19 @@ app.add_typer(cohort_app, name="cohort")
 
 EXIT_ERROR = 4
 DB_HELP = "DuckDB store (default: $DEEPSSIM_HOME/deepssim.duckdb, DEEPSSIM_HOME defaults to ~/.deepssim)"
+RUNNER_HELP = "thread (default: stages run in this process) | dask (ingest + embed sharded over Dask workers)"
+DASK_HELP = "scheduler address of an existing Dask cluster (with --task-runner dask; default: a local cluster)"
+
+
+def _runner_flow(flow, task_runner: str, dask_address: Optional[str], workers: int):
+    """``flow`` on the chosen task runner; a bad choice is a usage error (exit 2)."""
+    from flows.runners import with_runner
+
+    try:
+        return with_runner(flow, task_runner, dask_address, workers)
+    except ValueError as exc:
+        typer.secho(f"usage error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
 
 
 def _quiet_environment() -> None:
@@ -120,7 +133,11 @@ def cohort_register(name: str = typer.Argument(..., help="cohort name"),
                     paths: List[Path] = typer.Argument(..., help="files or folders of training images"),
                     db: Optional[Path] = typer.Option(None, help=DB_HELP),
                     model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
-                    device: str = typer.Option("auto"), wait: float = typer.Option(60.0, help="seconds to wait for a busy store")):
+                    device: str = typer.Option("auto"), wait: float = typer.Option(60.0, help="seconds to wait for a busy store"),
+                    task_runner: str = typer.Option("thread", help=RUNNER_HELP),
+                    dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
+                    dask_workers: int = typer.Option(2, help="workers of the local Dask cluster"),
+                    shard_size: int = typer.Option(512, help="files per ingestion shard (dask)")):
     """Ingest, validate, embed and store a training cohort (incremental: unchanged images are skipped)."""
     _quiet_environment()
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
@@ -128,9 +145,10 @@ def cohort_register(name: str = typer.Argument(..., help="cohort name"),
         _fail(f"no such file or folder: {', '.join(missing)}", 2)
     from flows.register_cohort import register_cohort
 
-    result, exc = _run_flow(register_cohort, name=name, paths=[str(p) for p in paths],
+    flow = _runner_flow(register_cohort, task_runner, dask_address, dask_workers)
+    result, exc = _run_flow(flow, name=name, paths=[str(p) for p in paths],
                             db=str(db) if db else None, model_path=str(model) if model else None,
-                            settings={"device": device, "store_wait_s": wait})
+                            settings={"device": device, "store_wait_s": wait}, shard_files=shard_size)
     if exc is not None or not isinstance(result, dict):
         _fail(f"registration failed: {exc or result}")
     typer.echo(json.dumps(result, indent=2))
@@ -161,23 +179,33 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
           max_similar_fraction: Optional[float] = typer.Option(None, help="fail when more than this fraction is similar"),
           allow_quarantined: bool = typer.Option(False, help="do not fail the gate for unreadable candidate files"),
           verify: bool = typer.Option(True, help="verify top matches with aligned SSIM"),
+          calibrated: bool = typer.Option(False, help="use the latest thresholds recorded by `deepssim calibrate` "
+                                                       "for this cohort (else the latest global ones)"),
           k: int = typer.Option(5, help="nearest training images kept per candidate"),
           model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           batch_size: int = typer.Option(256),
-          wait: float = typer.Option(60.0, help="seconds to wait for a busy store")):
+          wait: float = typer.Option(60.0, help="seconds to wait for a busy store"),
+          task_runner: str = typer.Option("thread", help=RUNNER_HELP),
+          dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
+          dask_workers: int = typer.Option(2, help="workers of the local Dask cluster"),
+          shard_size: int = typer.Option(512, help="files per ingestion shard (dask)")):
     """Audit a synthetic dataset against a cohort; writes verdicts.csv, summary.json, report.html."""
     _quiet_environment()
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}", 2)
+    source = "command line"
+    if calibrated:
+        similar, duplicate, source = _calibrated_thresholds(db, cohort, wait)
     settings = _settings(similar, duplicate, max_duplicates, max_similar_fraction, verify, allow_quarantined,
-                         k, device, batch_size, wait)
+                         k, device, batch_size, wait, thresholds_source=source)
     from flows.audit import audit as audit_flow
 
-    outcome, exc = _run_flow(audit_flow, candidates=[str(p) for p in paths], cohort=cohort, out_dir=str(out),
+    flow = _runner_flow(audit_flow, task_runner, dask_address, dask_workers)
+    outcome, exc = _run_flow(flow, candidates=[str(p) for p in paths], cohort=cohort, out_dir=str(out),
                              db=str(db) if db else None, settings=settings,
-                             model_path=str(model) if model else None)
+                             model_path=str(model) if model else None, shard_files=shard_size)
     if exc is not None or not isinstance(outcome, dict):
         _fail(f"audit error: {exc or outcome} (see {out / 'summary.json'})")
     _print_outcome(outcome)
@@ -207,6 +235,188 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="output folder (holds t
     typer.echo(f"planted copies flagged as duplicates: {found}/{planted}")
     typer.echo(f"open the report: {outcome['report']}")
     raise typer.Exit(0 if found == planted and outcome["verdict"] == "fail" else 1)
+
+
+# ----------------------------------------------------------------------------- models
+model_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show and promote DeepSSIM models.")
+app.add_typer(model_app, name="model")
+
+
+@app.command()
+def train(cohort: str = typer.Option(..., help="registered cohort to retrain on"),
+          db: Optional[Path] = typer.Option(None, help=DB_HELP),
+          steps: int = typer.Option(600, help="maximum training steps"),
+          time_budget: Optional[float] = typer.Option(300.0, help="seconds of training (the schedule fits into it)"),
+          init: str = typer.Option("champion", help="champion | scratch | path of a checkpoint to fine-tune"),
+          batch_size: int = typer.Option(32), device: str = typer.Option("auto", help="auto | cpu | cuda"),
+          benchmark: int = typer.Option(12, help="benchmark candidates per kind (0: no benchmark)"),
+          promote: bool = typer.Option(True, help="promote the challenger when it beats the champion")):
+    """Retrain DeepSSIM on a cohort; promote the challenger only if it beats the champion."""
+    _quiet_environment()
+    from flows.retrain import retrain
+
+    settings = {"steps": steps, "time_budget_s": time_budget, "init": init, "batch_size": batch_size,
+                "device": device, "benchmark_per_kind": benchmark}
+    result, exc = _run_flow(retrain, cohort=cohort, db=str(db) if db else None, settings=settings, promote=promote)
+    if exc is not None or not isinstance(result, dict):
+        _fail(f"retraining failed: {exc or result}")
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@model_app.command("list")
+def model_list(db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+    """List registered models, newest first (status champion: the one audits use)."""
+    from deepssim.config import default_db_path
+    from deepssim.registry import registry_table
+    from deepssim.store import Store, StoreError
+
+    try:
+        with Store(db or default_db_path(), read_only=True, wait_s=5) as store:
+            rows = registry_table(store)
+    except StoreError as exc:
+        _fail(str(exc))
+    import pandas as pd
+
+    typer.echo(pd.DataFrame(rows).drop(columns=["reason"], errors="ignore").to_string(index=False)
+               if rows else "no models registered")
+
+
+@model_app.command("show")
+def model_show(model_id: str = typer.Argument(..., help="model id (deepssim-...)"),
+               db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+    """Everything the registry knows about one model (JSON)."""
+    from deepssim.config import default_db_path
+    from deepssim.registry import cohorts_missing, get_model
+    from deepssim.store import Store, StoreError
+
+    try:
+        with Store(db or default_db_path(), read_only=True, wait_s=5) as store:
+            row = get_model(store, model_id)
+            row["cohorts_not_embedded"] = cohorts_missing(store, model_id)
+    except StoreError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(row, indent=2, default=str))
+
+
+@model_app.command("promote")
+def model_promote(model_id: str = typer.Argument(..., help="model id to make the champion"),
+                  reason: str = typer.Option(..., help="why (recorded in the registry)"),
+                  db: Optional[Path] = typer.Option(None, help=DB_HELP),
+                  reembed: bool = typer.Option(True, help="embed every cohort under the model first"),
+                  device: str = typer.Option("auto")):
+    """Make a model the champion.  Cohorts are re-embedded under it first; without
+    --reembed the promotion is refused while any cohort lacks its embeddings."""
+    from deepssim.config import default_db_path
+    from deepssim.registry import get_model, promote, reembed_cohorts
+    from deepssim.store import Store, StoreError
+
+    try:
+        with Store(db or default_db_path(), wait_s=60) as store:
+            row = get_model(store, model_id)
+            if reembed and row["path"] and Path(row["path"]).is_file():
+                from deepssim.checkpoint import load_checkpoint
+                from deepssim.embed import Embedder
+
+                model, _ = load_checkpoint(row["path"])
+                done = reembed_cohorts(store, model_id, Embedder(model, device=device).embed)
+                typer.echo(f"re-embedded {sum(done.values())} image(s) in {len(done)} cohort(s)")
+            result = promote(store, model_id, reason)
+    except StoreError as exc:
+        _fail(str(exc))
+    typer.echo(f"champion: {result['model_id']} (was {result['previous']})")
+
+
+# ----------------------------------------------------------------------------- calibration, benchmarks
+def _calibrated_thresholds(db: Optional[Path], cohort: str, wait: float) -> tuple[float, float, str]:
+    """(similar, duplicate, source) of the latest calibration for ``cohort`` (else global);
+    none recorded is a usage error (exit 2)."""
+    from deepssim.calibrate import latest_thresholds
+    from deepssim.config import default_db_path
+    from deepssim.store import Store, StoreError
+
+    try:
+        with Store(db or default_db_path(), read_only=True, wait_s=wait) as store:
+            found = latest_thresholds(store, cohort)
+    except StoreError as exc:
+        _fail(str(exc))
+    if found is None:
+        _fail(f"--calibrated: no calibration recorded for cohort {cohort!r} nor a global one "
+              "(run `deepssim calibrate` first)", 2)
+    thresholds, _ = found
+    return thresholds.similar, thresholds.duplicate, thresholds.source
+
+
+@app.command()
+def calibrate(benchmark: Optional[Path] = typer.Option(None, help="built benchmark folder (deepssim benchmark build)"),
+              cohort: Optional[str] = typer.Option(None, help="registered cohort: calibrate on its held-out subjects "
+                                                   "(with --benchmark: record the benchmark's thresholds for it)"),
+              db: Optional[Path] = typer.Option(None, help=DB_HELP),
+              min_duplicate_recall: float = typer.Option(0.98, help="duplicate-recall floor (--benchmark)"),
+              model: Optional[Path] = typer.Option(None, help="checkpoint for --benchmark (default: the shipped model)")):
+    """Choose similar/duplicate thresholds from a labelled benchmark or a cohort; record them in the store."""
+    if benchmark is None and cohort is None:
+        typer.secho("usage error: give --benchmark BENCH or --cohort NAME", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if benchmark is not None and not (benchmark / "truth.csv").is_file():
+        _fail(f"{benchmark} is not a built benchmark (no truth.csv)", 2)
+    from deepssim.calibrate import calibrate_benchmark_dir, calibrate_store_cohort
+    from deepssim.config import default_db_path
+    from deepssim.store import Store, StoreError
+
+    try:
+        with Store(db or default_db_path(), wait_s=60) as store:
+            if benchmark is not None:
+                thresholds, details = calibrate_benchmark_dir(benchmark, checkpoint=model,
+                                                              min_duplicate_recall=min_duplicate_recall)
+                model_id = None
+            else:
+                models = store.models()
+                champ = models[models["status"] == "champion"]
+                if not len(champ):
+                    _fail("no champion model in the store", 2)
+                model_id = str(champ.iloc[0]["model_id"])
+                thresholds, details = calibrate_store_cohort(store, cohort, model_id)
+            cid = store.record_calibration(thresholds, cohort, model_id, details)
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"calibration_id": cid, "cohort": cohort, "similar": round(thresholds.similar, 4),
+                           "duplicate": round(thresholds.duplicate, 4), "source": thresholds.source}, indent=2))
+
+
+benchmark_app = typer.Typer(no_args_is_help=True, help="Build and run memorization benchmarks.")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("build")
+def benchmark_build(src: Path = typer.Argument(..., help="folder of <subject>/ folders of PNG/NPY"),
+                    out: Path = typer.Argument(..., help="benchmark folder to write"),
+                    seed: int = typer.Option(0, help="everything random is drawn from it"),
+                    n: int = typer.Option(30, help="candidates per kind"),
+                    max_per_subject: int = typer.Option(12, help="images kept per subject")):
+    """Build a subject-disjoint benchmark (members, planted duplicates/similar, non-members)."""
+    if not src.is_dir():
+        _fail(f"no such folder: {src}", 2)
+    from deepssim.benchmark import build_benchmark
+
+    try:
+        summary = build_benchmark(src, out, seed=seed, n_duplicates=n, n_similar=n, n_different=n,
+                                  max_per_subject=max_per_subject)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@benchmark_app.command("run")
+def benchmark_run(bench: Path = typer.Argument(..., help="built benchmark folder"),
+                  out: Optional[Path] = typer.Option(None, help="write results.json/md/png here (default: BENCH/results)"),
+                  model: Optional[Path] = typer.Option(None, help="checkpoint (default: the shipped model)")):
+    """Score a benchmark with DeepSSIM, DeepSSIM + verification and baselines; print the table."""
+    if not (bench / "truth.csv").is_file():
+        _fail(f"{bench} is not a built benchmark (no truth.csv)", 2)
+    from deepssim.benchmark import markdown_table, run_benchmark
+
+    results = run_benchmark(bench, checkpoint=model, out_dir=out or bench / "results")
+    typer.echo(markdown_table(results), nl=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -26,11 +26,13 @@ def verify_task(db: str, cohort: str, manifest_path: str, pixels_path: str, neig
     with Store(db, wait_s=settings.store_wait_s) as store:
         images = store.cohort_images(cohort)
 
-        def load_references(indices: np.ndarray) -> np.ndarray:
-            return store.load_pixels(images.iloc[indices])
+    # Verification runs after the database is closed (load_pixels reads only the .npy
+    # shards): the longest stage must not lock out a concurrent audit or registration.
+    def load_references(indices: np.ndarray) -> np.ndarray:
+        return store.load_pixels(images.iloc[indices])
 
-        cand_pixels = pixels[candidates["row"].to_numpy()] if len(candidates) else pixels[:0]
-        result = verify_neighbours(cand_pixels, emb_scores, emb_index, load_references, settings.verification)
+    cand_pixels = pixels[candidates["row"].to_numpy()] if len(candidates) else pixels[:0]
+    result = verify_neighbours(cand_pixels, emb_scores, emb_index, load_references, settings.verification)
     table = verdict_table(candidates, emb_scores, result, images, settings.thresholds)
     table.to_parquet(out_path, index=False)
     get_run_logger().info("verified %d of %d candidate(s)", int(result.verified.sum()), len(table))
@@ -46,4 +48,11 @@ def gate_task(verdicts_path: str, settings: AuditSettings, quarantined: int) -> 
     volumes_path = Path(verdicts_path).with_name("volumes.parquet")
     volumes.to_parquet(volumes_path, index=False)
     get_run_logger().info("gate %s: %s", decision.verdict.upper(), json.dumps(decision.counts))
-    return {"decision": decision.as_dict(), "volumes": str(volumes_path)}
+    return {"decision": decision.as_dict(), "volumes": str(volumes_path),
+            "duplicates": duplicate_ids(verdicts)}
+
+
+def duplicate_ids(verdicts: pd.DataFrame, n: int = 10) -> list[str]:
+    """Image ids (not pixels) of the ``n`` highest-scoring duplicates, for the run's message."""
+    dup = verdicts[verdicts["label"] == "duplicate"]
+    return dup.sort_values(["score", "image_id"], ascending=[False, True])["image_id"].head(n).astype(str).tolist()

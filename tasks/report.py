@@ -84,7 +84,10 @@ def render_report_task(out_dir: str, summary: dict, files: dict, pixels_path: st
     return str(render_report(context, Path(out_dir) / "report.html"))
 
 
-@task(name="publish-artifacts", persist_result=False)
+# Retried: the Prefect API may hiccup, and keyed artifacts are idempotent (a retry adds a
+# version, never a wrong verdict).  Store tasks are not retried by Prefect: Store already
+# waits up to --wait for a lock, and a retry would break that bound.
+@task(name="publish-artifacts", persist_result=False, retries=2, retry_delay_seconds=1)
 def publish_artifacts_task(summary: dict, verdicts_csv: str, report_path: str, top_n: int = 20) -> None:
     """Prefect UI artifacts with stable keys (ids, paths and scores only — no pixels)."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact

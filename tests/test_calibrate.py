@@ -40,3 +40,34 @@ def test_cohort_thresholds_sit_above_non_member_scores():
     # the same-subject neighbours score far above the cross-subject calibration
     same = np.sum(emb[0] * emb[1])
     assert same > t.similar
+
+
+def test_calibration_is_recorded_and_used_by_an_audit(tmp_path):
+    """calibrate -> Store.record_calibration -> `audit --calibrated` settings carry the
+    thresholds and their source (what summary.json['thresholds'] records)."""
+    from deepssim.calibrate import latest_thresholds
+    from deepssim.config import AuditSettings
+    from deepssim.store import Store
+    from flows.cli import _calibrated_thresholds, _settings
+    from flows.common import summary_skeleton
+
+    scores, labels = synthetic(2)
+    t = calibrate_from_benchmark(scores, labels, min_duplicate_recall=0.98, name="bench-x")
+    db = tmp_path / "gate.duckdb"
+    with Store(db) as store:
+        assert latest_thresholds(store, "brain") is None
+        gid = store.record_calibration(t, None, None, {"route": "benchmark"})
+        cohort_t = calibrate_from_benchmark(scores, labels, min_duplicate_recall=0.5, name="bench-y")
+        cid = store.record_calibration(cohort_t, "brain", None, {"route": "benchmark"})
+        got, got_id = latest_thresholds(store, "brain")
+        assert got_id == cid and got.duplicate == pytest.approx(cohort_t.duplicate)
+        other, other_id = latest_thresholds(store, "spine")  # no cohort calibration: the global one
+        assert other_id == gid and "global" in other.source
+    similar, duplicate, source = _calibrated_thresholds(db, "spine", 5.0)
+    assert (similar, duplicate) == pytest.approx((t.similar, t.duplicate))
+    settings = AuditSettings.from_record(_settings(similar, duplicate, 0, None, True, False, 5, "cpu", 8, 5.0,
+                                                   thresholds_source=source))
+    assert settings.thresholds.duplicate == pytest.approx(t.duplicate)
+    summary = summary_skeleton(settings, "spine", "/x", "run-1")
+    assert summary["thresholds"]["source"].startswith(f"calibration {gid}")
+    assert "bench-x" in summary["thresholds"]["source"]

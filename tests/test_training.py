@@ -119,8 +119,8 @@ def test_few_training_steps_reduce_loss(pool):
         assert key in result.metrics
     assert result.config["train"]["steps"] == 30
     # the loss on a fixed, never-trained-on batch falls clearly
+    print(f"fixed-batch loss before {before:.4f} after {after:.4f}")
     assert after < 0.7 * before, (before, after)
-    # and training is deterministic
     assert not result.model.training
     emb = result.model(a[:4])
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)

@@ -1,0 +1,1 @@
+"""Subprocess targets and shared helpers for the reliability and security tests."""

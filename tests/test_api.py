@@ -1,0 +1,80 @@
+"""The researcher's three lines: ``import deepssim; m = deepssim.load_default_model();
+m.score(a, b)`` on paths (PNG, DICOM) and numpy arrays."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deepssim
+from deepssim.checkpoint import DEFAULT_MODEL
+
+SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
+
+
+def slice_path(subject: str, index: int) -> Path:
+    files = sorted((SLICES / subject).glob("*.png"))
+    if not files:
+        pytest.skip(f"shared data for {subject} not present")
+    return files[index]
+
+
+@pytest.fixture(scope="module")
+def model():
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("shipped model not present")
+    return deepssim.load_default_model(device="cpu")
+
+
+def test_three_lines_on_paths(model, tmp_path):
+    a = slice_path("colin27", 90)
+    b = slice_path("nibabel_example4d", 12)
+    # a flipped copy written to disk as another PNG
+    from PIL import Image
+
+    flipped = tmp_path / "flipped.png"
+    Image.fromarray(np.fliplr(np.asarray(Image.open(a).convert("L")))).save(flipped)
+    same = model.score(a, str(a))
+    copy = model.score(a, flipped)
+    other = model.score(a, b)
+    assert isinstance(same, float) and same == pytest.approx(1.0, abs=1e-5)
+    assert copy > 0.85 and other < copy
+    assert model.model_id.startswith("deepssim-") and model.input_size == 128
+
+
+def test_score_on_arrays_matches_paths(model):
+    a, b = slice_path("colin27", 90), slice_path("colin27", 96)
+    ia, ib = deepssim.load_image(a), deepssim.load_image(b)
+    assert ia.shape == (128, 128) and ia.dtype == np.float32 and 0 <= ia.min() and ia.max() <= 1
+    assert model.score(ia, ib) == pytest.approx(model.score(a, b), abs=1e-6)
+    # raw arrays of any dtype / size are windowed and resized like the readers do
+    from PIL import Image
+
+    raw = np.asarray(Image.open(a).convert("L")).astype(np.uint16) * 40
+    big = np.kron(raw, np.ones((2, 2), dtype=raw.dtype))  # 256x256
+    assert model.score(big, ia) > 0.9
+    assert model.score(ia, ib) == pytest.approx(model.score(ib, ia), abs=1e-6)
+
+
+def test_dicom_paths_and_embed(model):
+    pydicom_data = pytest.importorskip("pydicom.data")
+    ct = pydicom_data.get_testdata_file("CT_small.dcm")
+    mr = pydicom_data.get_testdata_file("MR_small.dcm")
+    img = deepssim.load_image(ct)
+    assert img.shape == (128, 128)
+    emb = model.embed([ct, mr, np.fliplr(img)])
+    assert emb.shape == (3, 256) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert float(emb[0] @ emb[2]) > 0.85  # flipped CT slice still a copy
+    assert float(emb[0] @ emb[1]) < float(emb[0] @ emb[2])
+    # an (N, S, S) batch goes straight to the encoder
+    batch = model.embed(np.stack([img, img[::-1]]))
+    np.testing.assert_allclose(batch[0], emb[0], atol=1e-5)
+
+
+def test_functional_form_and_bad_input(model, tmp_path):
+    a = slice_path("colin27", 90)
+    assert deepssim.deepssim_score(a, a, model=model) == pytest.approx(1.0, abs=1e-5)
+    bad = tmp_path / "not_an_image.png"
+    bad.write_bytes(b"definitely not a png")
+    with pytest.raises(ValueError):
+        model.score(a, bad)

@@ -1,0 +1,98 @@
+"""The ``deepssim`` command line, run as a user runs it: a subprocess of the venv's script."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import OFFLINE_ENV, REPO, SAMPLE_DATA
+
+DEEPSSIM = Path(sys.executable).with_name("deepssim")
+TRAIN_SLICE = SAMPLE_DATA / "train" / "nibabel_anatomical" / "nibabel_anatomical_v0_s010.png"
+
+
+def _env(api_url: str | None = None, home: Path | None = None) -> dict:
+    env = {**os.environ, **OFFLINE_ENV}
+    if api_url:  # share the session's harness server instead of starting an ephemeral one
+        env["PREFECT_API_URL"] = api_url
+    if home:
+        env["DEEPSSIM_HOME"] = str(home)
+    return env
+
+
+def _run(args: list, env: dict, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory) -> Path:
+    """A horizontally flipped copy of a real training slice."""
+    path = tmp_path_factory.mktemp("cli") / "flipped.png"
+    Image.fromarray(np.fliplr(np.asarray(Image.open(TRAIN_SLICE).convert("L")))).save(path)
+    return path
+
+
+def test_help_imports_neither_torch_nor_prefect(tmp_path):
+    proc = _run([sys.executable, "-X", "importtime", "-m", "flows.cli", "--help"], _env(home=tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "audit" in proc.stdout and "cohort" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "typer" in imported  # importtime really listed the imports
+    heavy = sorted(m for m in imported if m.split(".")[0] in {"torch", "prefect", "monai", "great_expectations"})
+    assert heavy == []
+
+
+def test_audit_of_a_missing_path_is_a_usage_error(tmp_path):
+    proc = _run([DEEPSSIM, "audit", tmp_path / "absent", "--cohort", "c", "--db", tmp_path / "g.duckdb",
+                 "--out", tmp_path / "out"], _env(home=tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "absent" in proc.stderr
+
+
+def test_audit_with_inconsistent_thresholds_is_a_usage_error(tmp_path):
+    proc = _run([DEEPSSIM, "audit", SAMPLE_DATA / "candidates", "--cohort", "c", "--similar", "0.9",
+                 "--duplicate", "0.8", "--db", tmp_path / "g.duckdb", "--out", tmp_path / "out"],
+                _env(home=tmp_path))
+    assert proc.returncode == 2, proc.stderr
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_audit_against_an_unknown_cohort_is_an_error_never_a_pass(tmp_path, prefect_harness, others_dir):
+    out = tmp_path / "out"
+    proc = _run([DEEPSSIM, "audit", others_dir, "--cohort", "no-such-cohort", "--db", tmp_path / "g.duckdb",
+                 "--out", out], _env(prefect_harness, home=tmp_path))
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "no-such-cohort" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "error" and summary["complete"] is False
+    assert "unknown cohort" in summary["reason"]
+
+
+def test_score_of_a_flipped_copy_is_a_duplicate(flipped, tmp_path):
+    proc = _run([DEEPSSIM, "score", TRAIN_SLICE, flipped, "--device", "cpu"], _env(home=tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.strip().splitlines()[-1]) > 0.85
+
+
+def test_score_pairs_writes_a_score_column(flipped, tmp_path):
+    other = SAMPLE_DATA / "candidates" / "synthetic_010.png"
+    pairs = flipped.parent / "pairs.csv"
+    pd.DataFrame({"a": [str(TRAIN_SLICE), "flipped.png", str(TRAIN_SLICE)],
+                  "b": [str(TRAIN_SLICE), str(TRAIN_SLICE), str(other)]}).to_csv(pairs, index=False)
+    out = tmp_path / "scored.csv"
+    proc = _run([DEEPSSIM, "score", "--pairs", pairs, "--out", out, "--device", "cpu"], _env(home=tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    scored = pd.read_csv(out)
+    assert list(scored.columns) == ["a", "b", "score"] and len(scored) == 3
+    same, copy, unrelated = scored["score"]
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert copy > 0.85 and unrelated < copy
