@@ -121,7 +121,8 @@ def fuse_scores(embedding: np.ndarray, verification: np.ndarray, fusion: str) ->
 
 def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index: np.ndarray,
                       load_references: Callable[[np.ndarray], np.ndarray],
-                      config: VerificationConfig) -> Verified:
+                      config: VerificationConfig,
+                      progress: Callable[[int, int], None] | None = None) -> Verified:
     """Verify each candidate against its top-k training images and fuse the evidence.
 
     Candidates whose best embedding score is below ``config.floor`` are not verified: their
@@ -130,6 +131,9 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     verification score is fused with the best embedding score by ``config.fusion``
     (:func:`fuse_scores`), and the nearest image is the one verification matched best.
     ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
+    When the fused score comes from the embedding, the nearest image is the embedding's
+    top match and ``alignment`` says so (the evidence names what produced the score).
+    ``progress(done, total)`` is called after each verified candidate.
     """
     from .verify import verify_pair
 
@@ -143,14 +147,19 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
         return Verified(score, nearest, verified, alignment, ver_score)
     todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
     k = min(config.top_k, emb_index.shape[1]) if q else 0
-    for i in todo:
+    for done, i in enumerate(todo, 1):
         refs = load_references(emb_index[i, :k])
         results = [verify_pair(np.asarray(candidates[i], np.float32), r, config) for r in refs]
         best = int(np.argmax([r.score for r in results]))
         ver_score[i] = results[best].score
         score[i] = float(fuse_scores(np.float64(emb_scores[i, 0]), np.float64(ver_score[i]), config.fusion))
-        nearest[i] = emb_index[i, best]
-        verified[i], alignment[i] = True, results[best].transform
+        verified[i] = True
+        if score[i] > ver_score[i]:  # the learned score won the fusion
+            alignment[i] = f"learned score {score[i]:.3f} (best aligned SSIM only {ver_score[i]:.3f})"
+        else:
+            nearest[i], alignment[i] = emb_index[i, best], results[best].transform
+        if progress:
+            progress(done, len(todo))
     return Verified(score, nearest, verified, alignment, ver_score)
 
 

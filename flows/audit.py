@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 

@@ -37,7 +37,10 @@ def _runner_flow(flow, task_runner: str, dask_address: Optional[str], workers: i
 
 
 def _quiet_environment() -> None:
-    """Offline defaults for Prefect and GX unless the user set them."""
+    """Offline defaults for Prefect and GX unless the user set them; progress bars when
+    stderr is a terminal."""
+    if sys.stderr.isatty():
+        os.environ.setdefault("DEEPSSIM_PROGRESS", "1")
     for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                        "GX_ANALYTICS_ENABLED": "false",
                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

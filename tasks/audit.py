@@ -12,6 +12,7 @@ from deepssim.config import AuditSettings
 from deepssim.gate import decide, volume_table
 from deepssim.pipeline import ok_rows, read_manifest, verdict_table, verify_neighbours
 from deepssim.store import Store
+from tasks.progress import console_progress
 
 
 @task(name="verify", persist_result=False)
@@ -32,7 +33,9 @@ def verify_task(db: str, cohort: str, manifest_path: str, pixels_path: str, neig
         return store.load_pixels(images.iloc[indices])
 
     cand_pixels = pixels[candidates["row"].to_numpy()] if len(candidates) else pixels[:0]
-    result = verify_neighbours(cand_pixels, emb_scores, emb_index, load_references, settings.verification)
+    with console_progress("verify", unit="cand") as progress:
+        result = verify_neighbours(cand_pixels, emb_scores, emb_index, load_references, settings.verification,
+                                   progress=progress)
     table = verdict_table(candidates, emb_scores, result, images, settings.thresholds)
     table.to_parquet(out_path, index=False)
     get_run_logger().info("verified %d of %d candidate(s)", int(result.verified.sum()), len(table))

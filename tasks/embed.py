@@ -5,6 +5,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from tasks.progress import console_progress
+
 
 @task(name="embed", persist_result=False)
 def embed_task(pixels_path: str, rows: list[int], model_path: str, out_path: str,
@@ -19,11 +21,12 @@ def embed_task(pixels_path: str, rows: list[int], model_path: str, out_path: str
     artifact = create_progress_artifact(progress=0.0, description=f"deepssim {label}: {total} image(s)")
     step = max(1, total // 20)
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % step < 256:
+    def to_artifact(done: int, total: int) -> None:
+        if done == total or done % step < batch_size:
             update_progress_artifact(artifact_id=artifact, progress=100.0 * done / max(1, total))
 
-    embed_pixels(Path(pixels_path), rows, Path(model_path), Path(out_path), device, batch_size, progress)
+    with console_progress(label, also=to_artifact) as progress:
+        embed_pixels(Path(pixels_path), rows, Path(model_path), Path(out_path), device, batch_size, progress)
     update_progress_artifact(artifact_id=artifact, progress=100.0)
     get_run_logger().info("embedded %d image(s)", total)
     return out_path

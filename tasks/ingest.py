@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 
 from deepssim.config import IngestConfig
 from deepssim.pipeline import read_manifest, write_manifest
+from tasks.progress import console_progress
 
 
 @task(name="ingest", persist_result=False)
@@ -16,7 +17,9 @@ def ingest_task(paths: list[str], work_dir: str, ingest: IngestConfig, size: int
     from deepssim.io import ingest as run_ingest
 
     work = Path(work_dir)
-    result = run_ingest([Path(p) for p in paths], ingest, size, work, root=Path(root) if root else None)
+    with console_progress("ingest", unit="file") as progress:
+        result = run_ingest([Path(p) for p in paths], ingest, size, work, root=Path(root) if root else None,
+                            progress=progress)
     manifest_path = write_manifest(result.manifest, work, "ingested.parquet")
     ok, bad = len(result.ok), len(result.quarantined)
     get_run_logger().info("ingested %d image(s), quarantined %d file(s)/part(s)", ok, bad)

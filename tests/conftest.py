@@ -31,6 +31,12 @@ OFFLINE_ENV = {
 }
 os.environ.update(OFFLINE_ENV)
 
+# Tests that need ../shared/data skip without it (a clone on a laptop); CI must never
+# skip them silently, so under CI its absence is an error.
+SHARED_DATA = REPO.parent / "shared" / "data"
+if os.environ.get("CI") and not SHARED_DATA.is_dir():
+    raise pytest.UsageError(f"CI needs the real data at {SHARED_DATA}: tests would skip without it")
+
 # Training slices used by the flow tests: two subjects, a few slices each.
 TRAIN_SUBJECTS = {
     "nibabel_anatomical": ["nibabel_anatomical_v0_s006.png", "nibabel_anatomical_v0_s010.png",

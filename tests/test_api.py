@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import deepssim
-from deepssim.checkpoint import DEFAULT_MODEL
 
 SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
 
@@ -20,8 +19,6 @@ def slice_path(subject: str, index: int) -> Path:
 
 @pytest.fixture(scope="module")
 def model():
-    if not DEFAULT_MODEL.is_file():
-        pytest.skip("shipped model not present")
     return deepssim.load_default_model(device="cpu")
 
 

@@ -1,6 +1,5 @@
 """Seeded batched augmentations: reproducible, shape- and range-preserving; structural
 edits land in the middle of the SSIM range."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,18 +10,7 @@ from deepssim.augment import (RandomAffine, RandomBiasField, RandomBlur, RandomD
 from deepssim.ssim import reference_ssim, ssim_torch
 from deepssim.train import copy_transform
 
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
-
-
-def load(subject: str, index: int) -> np.ndarray:
-    from PIL import Image
-
-    from deepssim.preprocess import to_model_input
-
-    files = sorted((SLICES / subject).glob("*.png"))
-    if not files:
-        pytest.skip(f"shared data for {subject} not present")
-    return to_model_input(np.asarray(Image.open(files[index]).convert("L")), 128, window=(0, 255))
+from realdata import load_slice as load
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,9 @@ from deepssim.checkpoint import (DEFAULT_MODEL, FORMAT_VERSION, CheckpointError,
                                  read_meta, save_checkpoint, sidecar_path)
 from deepssim.config import EncoderConfig
 from deepssim.model import DeepSSIMEncoder
+from realdata import load_slice as load
 
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
 SMALL = EncoderConfig(input_size=64, embedding_dim=32, widths=(8, 16, 16, 32))
-
-
-def load(subject: str, index: int) -> np.ndarray:
-    from PIL import Image
-
-    from deepssim.preprocess import to_model_input
-
-    files = sorted((SLICES / subject).glob("*.png"))
-    if not files:
-        pytest.skip(f"shared data for {subject} not present")
-    return to_model_input(np.asarray(Image.open(files[index]).convert("L")), 128, window=(0, 255))
 
 
 @pytest.fixture()
@@ -89,8 +78,6 @@ def test_missing_or_bad_files_are_refused(saved, tmp_path):
 
 @pytest.fixture(scope="module")
 def default_model():
-    if not DEFAULT_MODEL.is_file():
-        pytest.skip("shipped model not present")
     model, meta = load_checkpoint(DEFAULT_MODEL)
     return model, meta
 

@@ -3,7 +3,6 @@ from real slices, pydicom's own test files, and a corpus of broken inputs."""
 from __future__ import annotations
 
 import builtins
-import gzip
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ from deepssim.io.slicing import FOREGROUND_LEVEL, raw_sha256
 from deepssim.preprocess import window_to_unit
 from deepssim.validate import write_quarantine_csv
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOLUMES = DATA / "volumes"
 COLIN_PNG = DATA / "slices" / "brain_mri" / "colin27"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

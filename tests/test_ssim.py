@@ -1,5 +1,4 @@
 """The reference SSIM (the training target) against scikit-image, and its torch port."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,18 +7,7 @@ from skimage.metrics import structural_similarity
 
 from deepssim.ssim import reference_ssim, ssim_targets, ssim_torch, zscore
 
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
-
-
-def load(subject: str, index: int) -> np.ndarray:
-    from PIL import Image
-
-    from deepssim.preprocess import to_model_input
-
-    files = sorted((SLICES / subject).glob("*.png"))
-    if not files:
-        pytest.skip(f"shared data for {subject} not present")
-    return to_model_input(np.asarray(Image.open(files[index]).convert("L")), 128, window=(0, 255))
+from realdata import load_slice as load
 
 
 def skimage_definition(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,7 +1,6 @@
 """Training pairs (balanced, subject-correct) and a few real training steps on CPU."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

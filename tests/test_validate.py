@@ -11,7 +11,7 @@ from deepssim.config import IngestConfig
 from deepssim.io import ingest
 from deepssim.validate import ValidationConfig, validate_manifest, write_quarantine_csv
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PIESNO = DATA / "slices" / "brain_mri" / "dipy_piesno"
 
 pytestmark = pytest.mark.skipif(not PIESNO.is_dir(), reason="shared real data not present")

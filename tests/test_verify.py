@@ -1,5 +1,4 @@
 """Verification: alignment search + robust aligned SSIM (no model needed)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,18 +8,7 @@ from deepssim.config import VerificationConfig
 from deepssim.ssim import reference_ssim
 from deepssim.verify import Alignment, masked_ssim, verify_candidates, verify_pair
 
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
-
-
-def load(subject: str, index: int) -> np.ndarray:
-    from PIL import Image
-
-    from deepssim.preprocess import to_model_input
-
-    files = sorted((SLICES / subject).glob("*.png"))
-    if not files:
-        pytest.skip(f"shared data for {subject} not present")
-    return to_model_input(np.asarray(Image.open(files[index]).convert("L")), 128, window=(0, 255))
+from realdata import load_slice as load
 
 
 def disguised_copy(image: np.ndarray) -> np.ndarray:
