@@ -42,14 +42,17 @@ def _block_topk(tile: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     k-th, so rows with such a tie (rare: e.g. a training image registered twice) are
     re-selected with a stable sort."""
     kk = min(k, tile.shape[1])
-    s, i = torch.topk(tile, kk, dim=1, sorted=False)
-    if kk < tile.shape[1]:
-        kth = s.min(dim=1, keepdim=True).values
-        tied = ((tile >= kth).sum(dim=1) > kk).nonzero().flatten()
-        if len(tied):
-            order = torch.argsort(tile[tied], dim=1, descending=True, stable=True)[:, :kk]
-            i[tied] = order
-            s[tied] = tile[tied].gather(1, order)
+    if kk == tile.shape[1]:
+        return torch.topk(tile, kk, dim=1, sorted=False)
+    # one extra neighbour tells whether the k-th score is tied beyond the cut, without a
+    # second pass over the tile
+    s, i = torch.topk(tile, kk + 1, dim=1, sorted=True)
+    tied = (s[:, kk] == s[:, kk - 1]).nonzero().flatten()
+    s, i = s[:, :kk].contiguous(), i[:, :kk].contiguous()
+    if len(tied):
+        order = torch.argsort(tile[tied], dim=1, descending=True, stable=True)[:, :kk]
+        i[tied] = order
+        s[tied] = tile[tied].gather(1, order)
     return s, i
 
 
