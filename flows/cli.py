@@ -46,9 +46,6 @@ def _quiet_environment() -> None:
                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
                        "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
-    import logging
-
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
