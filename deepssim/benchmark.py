@@ -369,8 +369,9 @@ def method_deepssim_verify(data: BenchData) -> MethodResult:
 
 def method_verify_only(data: BenchData) -> MethodResult:
     """Verification score alone (best of the embedding top-k), no fusion."""
-    emb_s, idx, result = _verified_topk(data)
-    return result.verification_score, result.nearest
+    emb_s, _, result = _verified_topk(data)
+    # unverified candidates (below the floor) keep their embedding score, as in the audit
+    return np.where(result.verified, result.verification_score, emb_s[:, 0]), result.nearest
 
 
 def method_raw_ssim(data: BenchData) -> MethodResult:

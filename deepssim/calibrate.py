@@ -17,6 +17,7 @@ how they were chosen:
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .config import Thresholds
 
@@ -167,16 +168,17 @@ def calibrate_benchmark_dir(bench_dir, checkpoint=None, verification=None,
 
 def calibrate_store_cohort(store, cohort: str, model_id: str, **kwargs) -> tuple[Thresholds, dict]:
     """:func:`calibrate_from_cohort` on a registered cohort's embeddings (``model_id``); a
-    row's subject is its volume, else the folder of its image id.  These thresholds describe
+    row's subject is the first folder of its image id.  These thresholds describe
     honest non-members' *embedding* scores; an audit's fused score (max of embedding and
-    verification) is never lower, so they err towards flagging, never towards missing."""
+    verification) is never lower, so they err towards flagging, never towards missing.
+    Subjects follow the same rule as retraining (:func:`deepssim.evaluation.subject_of`)."""
+    from .evaluation import subject_of
+
     images = store.cohort_images(cohort)
     emb = store.cohort_embeddings(cohort, model_id)
-    ids = images["image_id"].astype(str)
-    subjects = ids.map(lambda s: s.split("#")[0].rsplit("/", 1)[0] if "/" in s else s.split("#")[0])
-    if "volume_id" in images:
-        vol = images["volume_id"]
-        subjects = vol.where(vol.notna() & (vol.astype(str) != ""), subjects).astype(str)
+    volumes = images["volume_id"] if "volume_id" in images else [None] * len(images)
+    subjects = pd.Series([subject_of(str(i), v if isinstance(v, str) and v else None)
+                          for i, v in zip(images["image_id"], volumes)])
     thresholds = calibrate_from_cohort(np.asarray(emb), subjects.to_numpy(), name=f"cohort {cohort}", **kwargs)
     return thresholds, {"route": "cohort", "cohort": cohort, "model_id": model_id, "images": len(images),
                         "subjects": int(subjects.nunique())}

@@ -312,17 +312,8 @@ class Store:
         return np.concatenate(blocks) if blocks else np.zeros((0, self._model_dim(model_id)), np.float32)
 
     def load_pixels(self, images: pd.DataFrame) -> np.ndarray:
-        """Pixels (N, S, S) float32 in [0, 1] of store rows (pixel_shard, pixel_row).
-
-        Reads only the ``.npy`` shards, never the database, so it also works after
-        :meth:`close` (verification relies on this to release the lock early)."""
-        out = None
-        for shard, g in images.reset_index(drop=True).groupby("pixel_shard", sort=False):
-            arr = np.load(self.pixel_dir / shard, mmap_mode="r")
-            if out is None:
-                out = np.zeros((len(images),) + arr.shape[1:], np.float32)
-            out[g.index.to_numpy()] = arr[g["pixel_row"].to_numpy()] / 255.0
-        return out if out is not None else np.zeros((0, 0, 0), np.float32)
+        """Pixels (N, S, S) float32 in [0, 1] of store rows (see :func:`read_pixel_rows`)."""
+        return read_pixel_rows(self.pixel_dir, images)
 
     # ------------------------------------------------------------------ audits
     def record_audit(self, audit: dict, results: pd.DataFrame) -> None:
@@ -371,6 +362,20 @@ class Store:
             "SELECT calibration_id, similar_threshold, duplicate_threshold, source FROM calibrations "
             "WHERE cohort IS NOT DISTINCT FROM ? ORDER BY created_at DESC LIMIT 1", [cohort]).fetchone()
         return dict(zip(("calibration_id", "similar", "duplicate", "source"), row)) if row else None
+
+
+def read_pixel_rows(pixel_dir: Path, images: pd.DataFrame) -> np.ndarray:
+    """Pixels (N, S, S) float32 in [0, 1] of image rows (``pixel_shard``, ``pixel_row``).
+
+    Reads only the ``.npy`` shards, never the database, so stages can use it with the store
+    closed (verification does: the longest stage must not hold the lock)."""
+    out = None
+    for shard, g in images.reset_index(drop=True).groupby("pixel_shard", sort=False):
+        arr = np.load(Path(pixel_dir) / shard, mmap_mode="r")
+        if out is None:
+            out = np.zeros((len(images),) + arr.shape[1:], np.float32)
+        out[g.index.to_numpy()] = arr[g["pixel_row"].to_numpy()] / 255.0
+    return out if out is not None else np.zeros((0, 0, 0), np.float32)
 
 
 def _embedding_frame(new_embeddings: pd.DataFrame | None, model_id: str):

@@ -37,7 +37,7 @@ def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths
         **summary, "verdict": "error", "complete": False, "reason": "audit interrupted while writing its outputs"}
     files = write_outputs_task(out_dir, pending, paths.get("verdicts"), paths.get("volumes"), paths.get("manifest"))
     files["verdicts_internal"] = paths.get("verdicts")
-    report = render_report_task(out_dir, summary, files, paths.get("pixels"), db, settings)
+    report = render_report_task(out_dir, summary, files, paths.get("pixels"), paths.get("search"), settings)
     publish_artifacts_task(summary, files["verdicts"], report)
     audit_row = {"audit_id": summary["run"]["audit_id"], "started_at": summary["run"]["started_at"],
                  "finished_at": summary["run"]["finished_at"], "cohort": summary["cohort"]["name"],
@@ -105,8 +105,8 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
                         settings.search.candidate_block, settings.search.cohort_block, wait,
                         str(work / "neighbours.npz"))
     summary["cohort"]["images"] = found["cohort_images"]
-    verified = verify_task(db, cohort, validated["manifest"], ingested["pixels"], found["neighbours"],
-                           settings, str(work / "verdicts.parquet"))
+    paths["search"] = found
+    verified = verify_task(found, validated["manifest"], ingested["pixels"], settings, str(work / "verdicts.parquet"))
     paths["verdicts"] = verified["verdicts"]
     gate = gate_task(verified["verdicts"], settings, quarantined)
     paths["volumes"] = gate["volumes"]
@@ -146,6 +146,7 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
             summary.update(verdict="error", complete=False, reason=f"audit failed: {type(exc).__name__}: {exc}")
             log.error("audit failed at a stage; outputs marked incomplete")
             write_summary(summary, Path(out_dir) / "summary.json")  # first: the steps below may fail too
+            (Path(out_dir) / "report.html").unlink(missing_ok=True)  # may show a verdict this error voids
             try:
                 _finish(summary, out_dir, db, settings_obj, paths)
             except Exception:  # the original error matters more than a failed error report

@@ -60,7 +60,8 @@ def _settings(similar: float, duplicate: float, max_duplicates: int, max_similar
     from deepssim.pipeline import settings_record
 
     default = Thresholds()
-    source = default.source if (similar, duplicate) == (default.similar, default.duplicate) else thresholds_source
+    unchanged = (similar, duplicate) == (default.similar, default.duplicate) and thresholds_source == "command line"
+    source = default.source if unchanged else thresholds_source
     try:
         settings = AuditSettings(
             thresholds=Thresholds(similar, duplicate, source),
@@ -370,11 +371,12 @@ def calibrate(benchmark: Optional[Path] = typer.Option(None, help="built benchma
                                                               min_duplicate_recall=min_duplicate_recall)
                 model_id = None
             else:
-                models = store.models()
-                champ = models[models["status"] == "champion"]
-                if not len(champ):
+                from deepssim.registry import champion
+
+                found = champion(store)  # the model audits use
+                if found is None:
                     _fail("no champion model in the store", 2)
-                model_id = str(champ.iloc[0]["model_id"])
+                model_id = found["model_id"]
                 thresholds, details = calibrate_store_cohort(store, cohort, model_id)
             cid = store.record_calibration(thresholds, cohort, model_id, details)
     except (StoreError, ValueError) as exc:

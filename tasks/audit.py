@@ -11,26 +11,27 @@ from prefect import get_run_logger, task
 from deepssim.config import AuditSettings
 from deepssim.gate import decide, volume_table
 from deepssim.pipeline import ok_rows, read_manifest, verdict_table, verify_neighbours
-from deepssim.store import Store
+from deepssim.store import read_pixel_rows
 from tasks.progress import console_progress
 
 
 @task(name="verify", persist_result=False)
-def verify_task(db: str, cohort: str, manifest_path: str, pixels_path: str, neighbours_path: str,
-                settings: AuditSettings, out_path: str) -> dict:
+def verify_task(search: dict, manifest_path: str, pixels_path: str, settings: AuditSettings,
+                out_path: str) -> dict:
     """Re-rank each candidate's nearest training images by verified aligned SSIM and
-    build the per-candidate verdict table (``verdicts.parquet``)."""
+    build the per-candidate verdict table (``verdicts.parquet``).
+
+    ``search`` is the search stage's result: neighbours, the cohort snapshot they index
+    and the pixel folder.  The store itself is not opened: the longest stage must not lock
+    out a concurrent audit or registration."""
     candidates = ok_rows(read_manifest(Path(manifest_path)))
     pixels = np.load(pixels_path, mmap_mode="r")
-    found = np.load(neighbours_path)
-    emb_scores, emb_index = found["scores"], found["index"]
-    with Store(db, wait_s=settings.store_wait_s) as store:
-        images = store.cohort_images(cohort)
+    with np.load(search["neighbours"]) as found:
+        emb_scores, emb_index = found["scores"], found["index"]
+    images = pd.read_parquet(search["snapshot"])
 
-    # Verification runs after the database is closed (load_pixels reads only the .npy
-    # shards): the longest stage must not lock out a concurrent audit or registration.
     def load_references(indices: np.ndarray) -> np.ndarray:
-        return store.load_pixels(images.iloc[indices])
+        return read_pixel_rows(Path(search["pixel_dir"]), images.iloc[indices])
 
     cand_pixels = pixels[candidates["row"].to_numpy()] if len(candidates) else pixels[:0]
     with console_progress("verify", unit="cand") as progress:

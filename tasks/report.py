@@ -11,7 +11,7 @@ from deepssim.config import AuditSettings
 from deepssim.outputs import (QUARANTINE_COLUMNS, VERDICT_COLUMNS, VOLUME_COLUMNS, quarantine_table,
                               write_summary, write_table)
 from deepssim.pipeline import read_manifest
-from deepssim.store import Store
+from deepssim.store import read_pixel_rows
 
 _ORDER = {"duplicate": 0, "similar": 1, "different": 2}
 
@@ -41,8 +41,7 @@ def write_outputs_task(out_dir: str, summary: dict, verdicts_path: str | None, v
     return {k: str(v) for k, v in files.items()}
 
 
-def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, db: str, cohort: str, n: int,
-              wait_s: float) -> list[dict]:
+def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, search: dict, n: int) -> list[dict]:
     from governance_reports.images import png_bytes
 
     top = worst_first(verdicts)
@@ -50,9 +49,8 @@ def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, db: str, cohort: 
     if not len(top) or not pixels_path:
         return []
     pixels = np.load(pixels_path, mmap_mode="r")
-    with Store(db, wait_s=wait_s) as store:
-        images = store.cohort_images(cohort)
-        refs = store.load_pixels(images.iloc[top["nearest_index"].astype(int).to_numpy()])
+    images = pd.read_parquet(search["snapshot"])
+    refs = read_pixel_rows(Path(search["pixel_dir"]), images.iloc[top["nearest_index"].astype(int).to_numpy()])
     return [{"candidate_id": r.image_id, "candidate_png": png_bytes(np.asarray(pixels[int(r.row)], np.float32)),
              "nearest_id": r.nearest_id, "nearest_png": png_bytes(ref), "score": float(r.score),
              "embedding_score": float(r.embedding_score), "label": r.label, "alignment": r.alignment}
@@ -60,18 +58,17 @@ def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, db: str, cohort: 
 
 
 @task(name="render-report", persist_result=False)
-def render_report_task(out_dir: str, summary: dict, files: dict, pixels_path: str | None, db: str,
-                       settings: AuditSettings) -> str:
-    """The self-contained HTML report with the evidence pairs side by side."""
+def render_report_task(out_dir: str, summary: dict, files: dict, pixels_path: str | None,
+                       search: dict | None, settings: AuditSettings) -> str:
+    """The self-contained HTML report with the evidence pairs side by side (``search``: the
+    search stage's result, whose cohort snapshot the verdicts' ``nearest_index`` points into)."""
     from governance_reports import render_report
 
     verdicts = pd.read_csv(files["verdicts"], keep_default_na=False, na_values=[""])
     evidence = []
-    if len(verdicts) and summary.get("cohort", {}).get("name"):
-        internal = pd.read_parquet(Path(files["verdicts_internal"])) if files.get("verdicts_internal") else None
-        if internal is not None:
-            evidence = _evidence(internal, pixels_path, db, summary["cohort"]["name"], settings.evidence_pairs,
-                                 settings.store_wait_s)
+    if len(verdicts) and search and files.get("verdicts_internal"):
+        internal = pd.read_parquet(Path(files["verdicts_internal"]))
+        evidence = _evidence(internal, pixels_path, search, settings.evidence_pairs)
     context = {
         "summary": summary,
         "verdicts": verdicts.to_dict("records"),

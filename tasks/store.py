@@ -99,13 +99,19 @@ def search_task(db: str, cohort: str, model_id: str, embeddings_path: str, k: in
         images = store.cohort_images(cohort)
         if not len(images):
             raise ValueError(f"cohort '{cohort}' has no images")
+
         def blocks():
             return store.iter_cohort_embeddings(cohort, model_id, block=cohort_block)
 
         scores, index = topk_cosine(queries, blocks, k=k, query_block=candidate_block, key_block=cohort_block)
+        pixel_dir = str(store.pixel_dir)
     np.savez(out_path, scores=scores, index=index)
+    # the cohort as this search saw it: later stages index it by position, so they must not
+    # re-query a store that a concurrent registration may have changed since
+    snapshot = str(Path(out_path).with_name("cohort_snapshot.parquet"))
+    images[["image_id", "source_path", "pixel_shard", "pixel_row"]].to_parquet(snapshot, index=False)
     get_run_logger().info("searched %d candidate(s) against %d training image(s)", len(queries), len(images))
-    return {"neighbours": out_path, "cohort_images": len(images)}
+    return {"neighbours": out_path, "cohort_images": len(images), "snapshot": snapshot, "pixel_dir": pixel_dir}
 
 
 @task(name="record-audit", persist_result=False)
