@@ -146,19 +146,21 @@ class AuditSettings:
     def from_record(cls, data: dict[str, Any] | None) -> "AuditSettings":
         """Inverse of :meth:`as_record`; missing keys keep their defaults, unknown keys
         are an error (a typo in a deployment's parameters must not pass silently)."""
-        return _from_dict(cls, data or {})
+        return from_dict(cls, data or {})
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
+def from_dict(cls, data: dict[str, Any]):
+    """Build dataclass ``cls`` from a plain dict (nested dataclasses from nested dicts,
+    lists as tuples); unknown keys are an error."""
+    unknown = set(data) - {f.name for f in fields(cls)}
     if unknown:
         raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+    defaults = cls()
     values = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if name in known else None
+        default = getattr(defaults, name)
         if hasattr(default, "__dataclass_fields__") and isinstance(value, dict):
-            value = _from_dict(type(default), value)
+            value = from_dict(type(default), value)
         elif isinstance(value, list):
             value = tuple(value)
         values[name] = value

@@ -73,11 +73,9 @@ class RetrainConfig:
     @classmethod
     def from_record(cls, data: dict | None) -> "RetrainConfig":
         """From a dict; unknown keys are an error (a typo must not pass silently)."""
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown retrain setting(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        from .config import from_dict
+
+        return from_dict(cls, dict(data or {}))
 
     def as_record(self) -> dict:
         return asdict(self)

@@ -18,7 +18,6 @@ from deepssim.config import IngestConfig
 from deepssim.shards import DEFAULT_SHARD_FILES, merge_embeddings, merge_ingested, plan_shards, split_rows
 from tasks.embed import embed_task
 from tasks.ingest import ingest_task
-from tasks.shards import ingest_shard_task
 
 RUNNERS = ("thread", "dask")
 DEFAULT_EMBED_SHARD_ROWS = 4096
@@ -61,7 +60,7 @@ def ingest_stage(paths: list[str], work: Path, config: IngestConfig, size: int, 
     if not distributed():
         return ingest_task(paths, str(work), config, size, root)
     plan = plan_shards(paths, config, shard_files, root)
-    futures = [ingest_shard_task.submit(files, str(work / f"shard-{i:05d}"), config, size, plan.root)
+    futures = [ingest_task.submit(files, str(work / f"shard-{i:05d}"), config, size, plan.root)
                for i, files in enumerate(plan.shards)]
     parts = [f.result() for f in futures]
     return {**merge_ingested(parts, work, size), "root": plan.root}
