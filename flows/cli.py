@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -23,6 +23,13 @@ EXIT_ERROR = 4
 DB_HELP = "DuckDB store (default: $DEEPSSIM_HOME/deepssim.duckdb, DEEPSSIM_HOME defaults to ~/.deepssim)"
 RUNNER_HELP = "thread (default: stages run in this process) | dask (ingest + embed sharded over Dask workers)"
 DASK_HELP = "scheduler address of an existing Dask cluster (with --task-runner dask; default: a local cluster)"
+
+# options shared by `cohort register` and `audit`
+WaitOption = Annotated[float, typer.Option(help="seconds to wait for a busy store")]
+TaskRunnerOption = Annotated[str, typer.Option(help=RUNNER_HELP)]
+DaskAddressOption = Annotated[Optional[str], typer.Option(help=DASK_HELP)]
+DaskWorkersOption = Annotated[int, typer.Option(help="workers of the local Dask cluster")]
+ShardSizeOption = Annotated[int, typer.Option(help="files per ingestion shard (dask)")]
 
 
 def _runner_flow(flow, task_runner: str, dask_address: Optional[str], workers: int):
@@ -46,6 +53,12 @@ def _quiet_environment() -> None:
                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
                        "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
+
+
+def _check_paths(paths: List[Path]) -> None:
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    if missing:
+        _fail(f"no such file or folder: {', '.join(missing)}", 2)
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
@@ -134,16 +147,12 @@ def cohort_register(name: str = typer.Argument(..., help="cohort name"),
                     paths: List[Path] = typer.Argument(..., help="files or folders of training images"),
                     db: Optional[Path] = typer.Option(None, help=DB_HELP),
                     model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
-                    device: str = typer.Option("auto"), wait: float = typer.Option(60.0, help="seconds to wait for a busy store"),
-                    task_runner: str = typer.Option("thread", help=RUNNER_HELP),
-                    dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
-                    dask_workers: int = typer.Option(2, help="workers of the local Dask cluster"),
-                    shard_size: int = typer.Option(512, help="files per ingestion shard (dask)")):
+                    device: str = typer.Option("auto"), wait: WaitOption = 60.0,
+                    task_runner: TaskRunnerOption = "thread", dask_address: DaskAddressOption = None,
+                    dask_workers: DaskWorkersOption = 2, shard_size: ShardSizeOption = 512):
     """Ingest, validate, embed and store a training cohort (incremental: unchanged images are skipped)."""
     _quiet_environment()
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
-    if missing:
-        _fail(f"no such file or folder: {', '.join(missing)}", 2)
+    _check_paths(paths)
     from flows.register_cohort import register_cohort
 
     flow = _runner_flow(register_cohort, task_runner, dask_address, dask_workers)
@@ -186,16 +195,12 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
           model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           batch_size: int = typer.Option(256),
-          wait: float = typer.Option(60.0, help="seconds to wait for a busy store"),
-          task_runner: str = typer.Option("thread", help=RUNNER_HELP),
-          dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
-          dask_workers: int = typer.Option(2, help="workers of the local Dask cluster"),
-          shard_size: int = typer.Option(512, help="files per ingestion shard (dask)")):
+          wait: WaitOption = 60.0, task_runner: TaskRunnerOption = "thread",
+          dask_address: DaskAddressOption = None, dask_workers: DaskWorkersOption = 2,
+          shard_size: ShardSizeOption = 512):
     """Audit a synthetic dataset against a cohort; writes verdicts.csv, summary.json, report.html."""
     _quiet_environment()
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
-    if missing:
-        _fail(f"no such file or folder: {', '.join(missing)}", 2)
+    _check_paths(paths)
     source = "command line"
     if calibrated:
         similar, duplicate, source = _calibrated_thresholds(db, cohort, wait)
