@@ -188,9 +188,10 @@ def latest_thresholds(store, cohort: str | None) -> tuple[Thresholds, str] | Non
     """The latest calibration recorded for ``cohort``, else the latest global one (recorded
     with no cohort); ``None`` when there is neither.  Returns the thresholds (their
     ``source`` names the calibration id and how it was made) and the calibration id."""
-    row = (store.latest_calibration(cohort) if cohort is not None else None) or store.latest_calibration(None)
+    own = store.latest_calibration(cohort) if cohort is not None else None
+    row = own or store.latest_calibration(None)
     if row is None:
         return None
-    scope = f"cohort {cohort}" if cohort is not None and store.latest_calibration(cohort) else "global"
+    scope = f"cohort {cohort}" if own else "global"
     return Thresholds(similar=float(row["similar"]), duplicate=float(row["duplicate"]),
                       source=f"calibration {row['calibration_id']} ({scope}): {row['source']}"), row["calibration_id"]

@@ -182,8 +182,13 @@ def verdict_table(candidates: pd.DataFrame, emb_scores: np.ndarray, result: Veri
         "row": candidates["row"].to_numpy(),
         "nearest_index": result.nearest,
     })
-    table["volume_id"] = table["volume_id"].where(table["volume_id"].astype(str).str.len() > 0, None)
+    table["volume_id"] = blank_to_none(table["volume_id"])
     return table.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def blank_to_none(values: pd.Series) -> pd.Series:
+    """Empty strings (2D images have no volume) as None, so they store as NULL."""
+    return values.where(values.astype(str).str.len() > 0, None)
 
 
 def settings_record(settings: AuditSettings) -> dict:

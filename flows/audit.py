@@ -94,7 +94,8 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
     summary["validation"] = validated["validation"]
     quarantined = validated["quarantined"]
     if validated["ok"] == 0:
-        summary.update(reason=f"nothing auditable: {quarantined} file(s)/slice(s) quarantined, none readable",
+        summary.update(verdict="error",
+                       reason=f"nothing auditable: {quarantined} file(s)/slice(s) quarantined, none readable",
                        counts={"duplicate": 0, "similar": 0, "different": 0, "quarantined": quarantined},
                        complete=True)
         return EXIT_NOTHING
@@ -139,8 +140,6 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
         try:
             exit_code = _run_stages(candidates, cohort, db, settings_obj, model_path, work, summary, paths, root,
                                     shard_files)
-            if exit_code == EXIT_NOTHING:
-                summary["verdict"] = "error"
             files = _finish(summary, out_dir, db, settings_obj, paths)
         except Exception as exc:
             summary.update(verdict="error", complete=False, reason=f"audit failed: {type(exc).__name__}: {exc}")

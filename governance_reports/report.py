@@ -198,7 +198,7 @@ def _headline(summary: Mapping) -> list[tuple[str, str]]:
     run, model, cohort = (_mapping(summary.get(k)) for k in ("run", "model", "cohort"))
     cohort_text = cohort.get("name") if cohort else summary.get("cohort")
     return [("Audit id", fmt_value(run.get("audit_id"))),
-            ("Candidate root", fmt_value(summary.get("candidate_root") or run.get("candidate_root"))),
+            ("Candidate root", fmt_value(summary.get("candidate_root"))),
             ("Training cohort", fmt_value(cohort_text)),
             ("Model", fmt_value(model.get("model_id"))),
             ("Started", fmt_value(run.get("started_at"))),

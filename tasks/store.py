@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 
-from deepssim.pipeline import input_sha256, ok_rows, read_manifest
+from deepssim.pipeline import blank_to_none, input_sha256, ok_rows, read_manifest
 from deepssim.store import Store
 
 
@@ -69,7 +69,7 @@ def register_task(db: str, cohort: str, plan: dict, pixels_path: str, embeddings
             "sha256": changed["sha256"], "input_sha256": changed["input_sha256"],
             "height": int(pixels.shape[1]) if len(changed) else None,
             "width": int(pixels.shape[2]) if len(changed) else None,
-            "volume_id": changed["volume_id"].where(changed["volume_id"].astype(str).str.len() > 0, None),
+            "volume_id": blank_to_none(changed["volume_id"]),
             "pixel_row": np.arange(len(changed), dtype=np.int32),
         })
         stats = store.register(cohort, rows, new_embeddings, model_id, shard, roots, quarantined)
