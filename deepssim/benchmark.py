@@ -367,11 +367,13 @@ def method_deepssim_verify(data: BenchData) -> MethodResult:
     return result.score, result.nearest
 
 
-def method_verify_only(data: BenchData) -> MethodResult:
-    """Verification score alone (best of the embedding top-k), no fusion."""
+def method_max_fusion(data: BenchData) -> MethodResult:
+    """The verified score fused with the embedding score by ``max`` (the stronger piece of
+    evidence wins; the audit's default before verification alone reached full duplicate
+    recall — kept to show what the learned score adds or costs)."""
     emb_s, _, result = _verified_topk(data)
-    # unverified candidates (below the floor) keep their embedding score, as in the audit
-    return np.where(result.verified, result.verification_score, emb_s[:, 0]), result.nearest
+    fused = np.where(result.verified, np.maximum(result.verification_score, emb_s[:, 0]), emb_s[:, 0])
+    return fused, result.nearest
 
 
 def method_raw_ssim(data: BenchData) -> MethodResult:
@@ -403,12 +405,12 @@ def method_verify_exhaustive(data: BenchData) -> MethodResult:
 METHODS: dict[str, Callable[[BenchData], MethodResult]] = {
     "DeepSSIM": method_deepssim,
     "DeepSSIM + verification": method_deepssim_verify,
-    "verification of DeepSSIM top-k (no fusion)": method_verify_only,
+    "DeepSSIM + verification, max fusion": method_max_fusion,
     "raw SSIM (exhaustive)": method_raw_ssim,
     "pixel correlation": method_pixel_correlation,
     "verification (exhaustive, no model)": method_verify_exhaustive,
 }
-DEFAULT_METHODS = ("DeepSSIM", "DeepSSIM + verification", "verification of DeepSSIM top-k (no fusion)",
+DEFAULT_METHODS = ("DeepSSIM", "DeepSSIM + verification", "DeepSSIM + verification, max fusion",
                    "raw SSIM (exhaustive)", "pixel correlation")
 
 

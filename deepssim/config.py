@@ -80,11 +80,15 @@ class VerificationConfig:
 
     Only candidates whose embedding score exceeds ``floor`` are verified, against their
     ``top_k`` nearest training images, so the cost is O(top_k) per candidate.
-    ``refine_steps``: continuous rotation/zoom/shift refinement after the grid search;
-    ``terms``: which SSIM terms are averaged ("s" structure only — robust to shading and
-    contrast changes —, "cs", or "ssim" the full reference formula); ``fusion``: how the
-    verification score and the embedding score make the final score ("max" | "verification",
-    see ``deepssim.pipeline.fuse_scores``).
+    ``compare_size``: side (px) at which the alignment is searched; ``refine_steps`` /
+    ``full_refine_steps``: continuous rotation/zoom/shift refinement there and at full
+    resolution; ``terms``: which SSIM terms are averaged ("ssim" the full reference
+    formula, as the labels are defined; "cs" contrast × structure or "s" structure only
+    are more lenient: a blend with another image mostly shows in the luminance term); ``smoothing``: common Gaussian smoothing (px) of both images
+    before SSIM; ``blur_sigmas``: blur levels (px) tried on the training image, the copy
+    may be smoother than its source; ``fusion``: how the verification score and the
+    embedding score make the final score ("max" | "verification", see
+    ``deepssim.pipeline.fuse_scores``).  See :mod:`deepssim.verify` for the score.
     """
 
     enabled: bool = True
@@ -93,11 +97,14 @@ class VerificationConfig:
     rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     compare_size: int = 64
     refine_steps: int = 30
-    terms: str = "s"
-    # recall first (BENCHMARKS.md, "Detection quality"): on held-out subjects the
-    # verification score finds copies the encoder misjudges, on familiar low-resolution
-    # EPI the encoder finds copies whose alignment search falls short — "max" keeps both
-    fusion: str = "max"
+    full_refine_steps: int = 20
+    terms: str = "ssim"
+    smoothing: float = 0.7
+    blur_sigmas: tuple[float, ...] = (0.0, 0.5, 0.8, 1.1, 1.5)
+    # the verified score alone found every planted duplicate of the held-out benchmarks
+    # (BENCHMARKS.md, "Detection quality"); "max" with the embedding score only added
+    # similar images called duplicates
+    fusion: str = "verification"
 
 
 @dataclass(frozen=True)
