@@ -433,7 +433,8 @@ def describe(h: _Hypothesis, shift: tuple[float, float], blur_sigma: float = 0.0
         parts.append(f"rotate {h.degrees:+g}°")
     if h.scale != 1.0:
         parts.append(f"zoom {h.scale:g}")
-    parts.append(f"shift ({shift[0]:+.1f},{shift[1]:+.1f}) px")
+    dy, dx = (round(v, 1) + 0.0 for v in shift)  # + 0.0: no "-0.0"
+    parts.append(f"shift ({dy:+.1f},{dx:+.1f}) px")
     parts.append("gamma+shading fitted")
     if blur_sigma:
         parts.append(f"blur {blur_sigma:g} px")
