@@ -23,22 +23,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deepssim.calibrate import LABELS, _as_int_labels, calibrate_from_benchmark, label_scores, macro_f1  # noqa: E402
+from deepssim.benchmark import evaluate  # noqa: E402
+from deepssim.calibrate import calibrate_from_benchmark  # noqa: E402
+
+CLASSES = ("duplicate", "similar", "different")
 
 
-def load_run(run: Path, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, int truth labels) of ``method`` in a detection_quality output folder."""
+def load_run(run: Path, method: str) -> tuple[np.ndarray, list[str]]:
+    """(scores, truth labels) of ``method`` in a detection_quality output folder."""
     results = json.loads((run / "results" / "results.json").read_text())
     if method not in results["methods"]:
         raise SystemExit(f"{run}: no method {method!r} (have: {', '.join(results['methods'])})")
     with open(run / "bench" / "truth.csv", newline="") as f:
         truth = [row["label"] for row in csv.DictReader(f)]
-    return np.asarray(results["methods"][method]["scores"], np.float64), _as_int_labels(truth)
-
-
-def precision_recall(truth: np.ndarray, predicted: np.ndarray, c: int) -> tuple[float, float]:
-    hit = float(np.sum((truth == c) & (predicted == c)))
-    return hit / max(np.sum(predicted == c), 1), hit / max(np.sum(truth == c), 1)
+    return np.asarray(results["methods"][method]["scores"], np.float64), truth
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
                                           name=str(args.fit))
     print(f"thresholds: similar {thresholds.similar:.3f}, duplicate {thresholds.duplicate:.3f} "
           f"({thresholds.source})\n")
-    header = " | ".join(f"{name} P / R" for name in reversed(LABELS))
-    print(f"| applied to | macro F1 | {header} |\n|---|---|" + "---|" * len(LABELS))
+    header = " | ".join(f"{name} P / R" for name in CLASSES)
+    print(f"| applied to | macro F1 | {header} |\n|---|---|" + "---|" * len(CLASSES))
     for run in args.apply:
-        scores, truth = load_run(run, args.apply_method or args.method)
-        predicted = label_scores(scores, thresholds.similar, thresholds.duplicate)
-        cells = " | ".join("%.2f / %.2f" % precision_recall(truth, predicted, c) for c in reversed(range(len(LABELS))))
-        print(f"| {run} | {macro_f1(truth, predicted):.3f} | {cells} |")
+        result = evaluate(*load_run(run, args.apply_method or args.method), thresholds)
+        pc = result["per_class"]
+        cells = " | ".join(f"{pc[c]['precision']:.2f} / {pc[c]['recall']:.2f}" for c in CLASSES)
+        print(f"| {run} | {result['macro_f1']:.3f} | {cells} |")
     return 0
 
 

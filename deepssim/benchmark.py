@@ -371,8 +371,10 @@ def method_max_fusion(data: BenchData) -> MethodResult:
     """The verified score fused with the embedding score by ``max`` (the stronger piece of
     evidence wins; the audit's default before verification alone reached full duplicate
     recall — kept to show what the learned score adds or costs)."""
+    from .pipeline import fuse_scores
+
     emb_s, _, result = _verified_topk(data)
-    fused = np.where(result.verified, np.maximum(result.verification_score, emb_s[:, 0]), emb_s[:, 0])
+    fused = np.where(result.verified, fuse_scores(emb_s[:, 0], result.verification_score, "max"), emb_s[:, 0])
     return fused, result.nearest
 
 

@@ -65,8 +65,8 @@ FINE_SCALE_STEP = 0.035
 SMOOTH_SIGMA = 0.7  # smoothing (px at compare_size) of the images the search compares
 MAX_SHIFT_FRACTION = 0.25
 SEARCH_DENOISE = 1.0  # smoothing (full-resolution px) before rank equalisation, which would magnify noise
-FULL_REFINE_SIGMA = 1.0
-POLISH_ROUNDS = 8  # smoothing (full-resolution px) of the full-resolution refinement
+FULL_REFINE_SIGMA = 1.0  # smoothing (full-resolution px) of the full-resolution refinement
+POLISH_ROUNDS = 8  # rounds of the pattern search on the final score
 SATURATED = 1 - 0.5 / 255  # candidate pixels at or above this lost their structure to clipping
 MAX_LOG_FIELD = 2.0  # the shading fitted is at most exp(±2), the range of the benchmark's bias fields
 
@@ -360,15 +360,25 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
 
 # --------------------------------------------------------------------------- search stages
 
+def _angles(hyps: list[_Hypothesis]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid rotations (H,) in degrees and zooms (H,) of the hypotheses."""
+    return (torch.tensor([h.degrees for h in hyps], dtype=torch.float32),
+            torch.tensor([h.scale for h in hyps], dtype=torch.float32))
+
+
+def _turned(candidate: torch.Tensor, hyps: list[_Hypothesis]) -> torch.Tensor:
+    """(1, 1, s, s) -> (H, 1, s, s): the flip/turn of each hypothesis applied."""
+    return torch.cat([_dihedral(candidate, h.flip, h.turns) for h in hyps])
+
+
 def _stage(candidate: torch.Tensor, reference: torch.Tensor, hyps: list[_Hypothesis],
            sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Score every hypothesis at the resolution of the inputs (both (1, 1, s, s),
     rank-equalised): the SSIM of the smoothed images after the hypothesis' rotation/zoom
     and the phase-correlation shift.  Returns scores (H,) and shifts (H, 2) in pixels."""
     size = reference.shape[-1]
-    turned = torch.cat([_dihedral(candidate, h.flip, h.turns) for h in hyps])
-    degrees = torch.tensor([h.degrees for h in hyps], dtype=torch.float32)
-    scales = torch.tensor([h.scale for h in hyps], dtype=torch.float32)
+    turned = _turned(candidate, hyps)
+    degrees, scales = _angles(hyps)
     rotated, _ = _affine(turned, degrees, scales)
     shifts = _phase_shift(reference.expand_as(rotated), rotated, MAX_SHIFT_FRACTION * size)
     warped, valid = _affine(turned, degrees, scales, shifts)
@@ -383,9 +393,8 @@ def _coarse_scores(candidate: torch.Tensor, reference: torch.Tensor,
     within ``MAX_SHIFT_FRACTION``) of each rotated candidate with the reference, by FFT.
     Inputs (1, 1, s, s); returns (H,) in [-1, 1]."""
     size = reference.shape[-1]
-    turned = torch.cat([_dihedral(candidate, h.flip, h.turns) for h in hyps])
-    degrees = torch.tensor([h.degrees for h in hyps], dtype=torch.float32)
-    scales = torch.tensor([h.scale for h in hyps], dtype=torch.float32)
+    turned = _turned(candidate, hyps)
+    degrees, scales = _angles(hyps)
     rotated, _ = _affine(turned, degrees, scales)
 
     def unit(x):
@@ -499,15 +508,14 @@ def _search(cand_eq: torch.Tensor, ref_eq: torch.Tensor, config: VerificationCon
     scores, shifts = _stage(cand_small, ref_small, fine, sigma=SMOOTH_SIGMA)
     keep = scores.argsort(descending=True)[:REFINE_TOP].tolist()
     hyps = [fine[i] for i in keep]
-    turned = _gaussian_blur(torch.cat([_dihedral(cand_small, h.flip, h.turns) for h in hyps]), SMOOTH_SIGMA)
+    turned = _gaussian_blur(_turned(cand_small, hyps), SMOOTH_SIGMA)
     target = _gaussian_blur(ref_small, SMOOTH_SIGMA).expand_as(turned)
 
     def ncc(deg, scale, shift):
         warped, valid = _affine(turned, deg, scale, shift)
         return _masked_ncc(warped, target, valid)
 
-    degrees = torch.tensor([h.degrees for h in hyps], dtype=torch.float32)
-    scales = torch.tensor([h.scale for h in hyps], dtype=torch.float32)
+    degrees, scales = _angles(hyps)
     grid_shifts = shifts[keep]
     degrees, scales, shifts = _ascend(ncc, degrees, scales, grid_shifts, config.refine_steps, lr=0.15)
     factor = cand_eq.shape[-1] / size
@@ -530,26 +538,41 @@ def _refine_full(cand_eq: torch.Tensor, ref_eq: torch.Tensor, hyps: list[_Hypoth
     return _ascend(ncc, degrees, scales, shifts, steps, lr=0.05)
 
 
-def _score(cand: torch.Tensor, ref: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
-           scales: torch.Tensor, shifts: torch.Tensor, config: VerificationConfig,
-           blur_sigmas: tuple[float, ...] | None = None) -> tuple[torch.Tensor, float]:
-    """Final scores (H, len(blur_sigmas)) of each hypothesis and blur level (module
-    docstring, steps 2–6; ``blur_sigmas`` defaults to the config's) and the candidate's
-    estimated noise sd."""
-    warped, valid = _reference_in_candidate_frame(ref, hyps, degrees, scales, shifts)
+@dataclass(frozen=True)
+class _CandidateView:
+    """What the final score needs of the candidate alone, computed once per pair:
+    the image (1, 1, S, S), its non-saturated pixels, its view after the common
+    ``smoothing`` and its estimated noise sd."""
+
+    image: torch.Tensor
+    observed: torch.Tensor
+    smoothed: torch.Tensor
+    noise: float
+
+
+def _candidate_view(cand: torch.Tensor, config: VerificationConfig) -> _CandidateView:
     observed = cand < SATURATED
-    valid = valid & observed
-    mapped = photometric_fit(cand, warped, valid)
     # clipping at 0 or 1 hides noise: estimate it where a pixel's 3×3 neighbourhood is unclipped
     unclipped = observed & (cand > 0.5 / 255)
     noise = noise_sd(cand, -F.max_pool2d(-unclipped.float(), 3, stride=1, padding=1) > 0.5)
+    return _CandidateView(cand, observed, _gaussian_blur(cand, config.smoothing), noise)
+
+
+def _score(view: _CandidateView, ref: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
+           scales: torch.Tensor, shifts: torch.Tensor, config: VerificationConfig,
+           blur_sigmas: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Final scores (H, len(blur_sigmas)) of each hypothesis and blur level (module
+    docstring, steps 2–6; ``blur_sigmas`` defaults to the config's)."""
+    warped, valid = _reference_in_candidate_frame(ref, hyps, degrees, scales, shifts)
+    valid = valid & view.observed
+    mapped = photometric_fit(view.image, warped, valid)
     tau = config.smoothing
-    cand_view = _gaussian_blur(cand, tau).expand(len(hyps), -1, -1, -1)
-    noise_var = noise ** 2 * _noise_gain(tau)
+    cand_view = view.smoothed.expand(len(hyps), -1, -1, -1)
+    noise_var = view.noise ** 2 * _noise_gain(tau)
     columns = [masked_ssim(_gaussian_blur(mapped, math.hypot(sigma, tau)), cand_view, valid,
                            config.terms, noise_var)
                for sigma in (config.blur_sigmas if blur_sigmas is None else blur_sigmas)]
-    return torch.stack(columns, 1).clamp(-1.0, 1.0), noise
+    return torch.stack(columns, 1).clamp(-1.0, 1.0)
 
 
 def _hypotheses(cand: torch.Tensor, ref: torch.Tensor, config: VerificationConfig
@@ -566,38 +589,42 @@ def _hypotheses(cand: torch.Tensor, ref: torch.Tensor, config: VerificationConfi
         cand_eq, ref_eq = _equalise(_gaussian_blur(cand, sigma)), _equalise(_gaussian_blur(ref, sigma))
         found, deg, sc, sh, grid_sh = _search(cand_eq, ref_eq, config)
         deg, sc, sh = _refine_full(cand_eq, ref_eq, found, deg, sc, sh, config.full_refine_steps)
+        grid_deg, grid_sc = _angles(found)
         hyps += found + found
-        degrees += [deg, torch.tensor([h.degrees for h in found])]
-        scales += [sc, torch.tensor([h.scale for h in found])]
+        degrees += [deg, grid_deg]
+        scales += [sc, grid_sc]
         shifts += [sh, grid_sh]
     return hyps, torch.cat(degrees), torch.cat(scales), torch.cat(shifts)
 
 
-def _polish(cand: torch.Tensor, ref: torch.Tensor, hyp: _Hypothesis, degrees: float, scale: float,
-            shift: torch.Tensor, config: VerificationConfig) -> tuple[torch.Tensor, float, float, torch.Tensor]:
+def _polish(view: _CandidateView, ref: torch.Tensor, hyp: _Hypothesis, start: torch.Tensor,
+            scores: torch.Tensor, config: VerificationConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Pattern search on the final score itself around the best alignment: the
     correlation the refinement climbs can peak a few percent of zoom away from where the
     SSIM of the photometrically matched images peaks (seen on CT under a strong shading),
     and the score is what the label rests on.  ``POLISH_ROUNDS`` rounds of the 8 single
     moves of zoom / rotation / shift, steps halved when none improves.
-    Returns the scores (1, len(blur_sigmas)) and the alignment."""
+
+    ``start``: (degrees, zoom, dy, dx) of the alignment, ``scores`` its
+    (len(blur_sigmas),) scores.  Returns the polished scores (len(blur_sigmas),) and
+    alignment (4,)."""
     steps = torch.tensor([1.5, 0.02, 1.0, 1.0])  # degrees, relative zoom, dy, dx (px)
-    current = torch.tensor([degrees, scale, float(shift[0]), float(shift[1])])
-    start, _ = _score(cand, ref, [hyp], current[:1], current[1:2], current[None, 2:], config)
-    blur = (config.blur_sigmas[int(start[0].argmax())],)  # searched at the blur level found
-    best = float(start.max())
+    current = start
+    blur = (config.blur_sigmas[int(scores.argmax())],)  # searched at the blur level found
+    best = float(scores.max())
     for _ in range(POLISH_ROUNDS):
         moves = torch.cat([torch.diag(steps), -torch.diag(steps)])
         moves[:, 1] = current[1] * moves[:, 1]
         trial = current + moves
-        scores, _ = _score(cand, ref, [hyp] * len(trial), trial[:, 0], trial[:, 1], trial[:, 2:], config, blur)
-        top = int(scores[:, 0].argmax())
-        if float(scores[top, 0]) > best:
-            current, best = trial[top], float(scores[top, 0])
+        trial_scores = _score(view, ref, [hyp] * len(trial), trial[:, 0], trial[:, 1], trial[:, 2:], config, blur)
+        top = int(trial_scores[:, 0].argmax())
+        if float(trial_scores[top, 0]) > best:
+            current, best = trial[top], float(trial_scores[top, 0])
         else:
             steps = steps / 2
-    final, noise = _score(cand, ref, [hyp], current[:1], current[1:2], current[None, 2:], config)
-    return final, noise, current
+    if current is start:
+        return scores, start
+    return _score(view, ref, [hyp], current[:1], current[1:2], current[None, 2:], config)[0], current
 
 
 def verify_pair(candidate: np.ndarray, reference: np.ndarray,
@@ -620,18 +647,19 @@ def verify_pair(candidate: np.ndarray, reference: np.ndarray,
     with torch.no_grad():
         cand, ref = _to_tensor(candidate), _to_tensor(reference)
         hyps, degrees, scales, shifts = _hypotheses(cand, ref, config)
-        scores, _ = _score(cand, ref, hyps, degrees, scales, shifts, config)
+        view = _candidate_view(cand, config)
+        scores = _score(view, ref, hyps, degrees, scales, shifts, config)
         best = int(scores.amax(1).argmax())
-        scores, noise, found = _polish(cand, ref, hyps[best], float(degrees[best]), float(scales[best]),
-                                       shifts[best], config)
-    level = int(scores[0].argmax())
+        start = torch.stack([degrees[best], scales[best], shifts[best, 0], shifts[best, 1]])
+        scores, found = _polish(view, ref, hyps[best], start, scores[best], config)
+    level = int(scores.argmax())
     h = hyps[best]
     h = _Hypothesis(h.flip, h.turns, round(float(found[0]), 1), round(float(found[1]), 3))
     shift = (float(found[2]), float(found[3]))
     blur = float(config.blur_sigmas[level])
-    return Alignment(score=float(scores[0, level]), transform=describe(h, shift, blur, noise),
+    return Alignment(score=float(scores[level]), transform=describe(h, shift, blur, view.noise),
                      dihedral=(h.flip, h.turns), degrees=h.degrees, scale=h.scale, shift=shift,
-                     blur_sigma=blur, noise_sd=round(noise, 4))
+                     blur_sigma=blur, noise_sd=round(view.noise, 4))
 
 
 def verify_candidates(candidates: np.ndarray, references: np.ndarray,

@@ -1,20 +1,11 @@
 """The researcher's three lines: ``import deepssim; m = deepssim.load_default_model();
 m.score(a, b)`` on paths (PNG, DICOM) and numpy arrays."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import deepssim
 
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices" / "brain_mri"
-
-
-def slice_path(subject: str, index: int) -> Path:
-    files = sorted((SLICES / subject).glob("*.png"))
-    if not files:
-        pytest.skip(f"shared data for {subject} not present")
-    return files[index]
+from realdata import slice_path
 
 
 @pytest.fixture(scope="module")

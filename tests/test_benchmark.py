@@ -7,13 +7,14 @@ import pytest
 
 from deepssim.benchmark import METHODS, build_benchmark, load_benchmark, run_benchmark
 
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slices"
+from realdata import SHARED_DATA, require_shared_data
+
+SLICES = SHARED_DATA / "slices"
 SUBJECTS = {"heudiconv_ke6hL9Lm", "dipy_piesno", "nibabel_example4d", "dipy_s0_10slices"}
 
 
 def build(out: Path, seed: int = 3, strength: float = 0.6) -> dict:
-    if not SLICES.is_dir():
-        pytest.skip("shared data not present")
+    require_shared_data()
     return build_benchmark(SLICES, out, seed=seed, subjects=SUBJECTS, max_per_subject=4,
                            n_duplicates=6, n_similar=6, n_different=6, nuisance_strength=strength)
 
