@@ -274,6 +274,55 @@ def test_pydicom_real_files(tmp_path):
     assert m.loc["MR_small.dcm", "sha256"] == m.loc["be/MR_small_bigendian.dcm", "sha256"]
 
 
+def _transcode(src: Path, out: Path, syntax) -> None:
+    """Re-encode a DICOM file's pixel data with GDCM (the decoder the product ships)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(out))
+    assert writer.Write()
+
+
+def test_compressed_dicom_reads_as_the_uncompressed_file(tmp_path):
+    """PACS exports are often JPEG-lossless / JPEG-LS / JPEG 2000 / RLE encoded: each
+    losslessly re-encoded copy of a real CT must give the same pixels, hash and model input
+    as the original; a 12-bit lossy JPEG no installed decoder handles is quarantined with
+    its transfer syntax named."""
+    import gdcm
+
+    syntaxes = {"jpeg_lossless": gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+                "jpeg_ls": gdcm.TransferSyntax.JPEGLSLossless,
+                "jpeg2000": gdcm.TransferSyntax.JPEG2000Lossless, "rle": gdcm.TransferSyntax.RLELossless}
+    (tmp_path / "in" / "plain").mkdir(parents=True)
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", tmp_path / "in" / "plain" / "ct.dcm")
+    for name, syntax in syntaxes.items():  # one folder each: they share the original's series UID
+        (tmp_path / "in" / name).mkdir()
+        _transcode(PYDICOM_FILES / "CT_small.dcm", tmp_path / "in" / name / "ct.dcm", syntax)
+        assert pydicom.dcmread(tmp_path / "in" / name / "ct.dcm").file_meta.TransferSyntaxUID.is_compressed
+    (tmp_path / "in" / "lossy12").mkdir()
+    shutil.copy(PYDICOM_FILES / "JPEG-lossy.dcm", tmp_path / "in" / "lossy12" / "ct.dcm")
+    res = ingest([tmp_path / "in"], IngestConfig(), S, tmp_path / "w")
+    m = res.manifest.set_index("image_id")
+    plain = m.loc["plain/ct.dcm"]
+    for name in syntaxes:
+        row = m.loc[f"{name}/ct.dcm"]
+        assert row["status"] == "ok", (name, row["reason"])
+        assert row["sha256"] == plain["sha256"], name
+        np.testing.assert_array_equal(res.pixels()[row["row"]], res.pixels()[plain["row"]])
+    lossy = m.loc["lossy12/ct.dcm"]
+    assert lossy["status"] == "quarantined"
+    assert lossy["reason"] == "DICOM pixel data cannot be decoded (JPEG Extended (Process 2 and 4))"
+
+
 # ---------------------------------------------------------------- 2D files and arrays
 
 

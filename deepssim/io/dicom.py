@@ -7,6 +7,10 @@ do not reveal the UID.  Slices are ordered by ImagePositionPatient projected on 
 normal (row × column direction cosines), falling back to InstanceNumber, then file name,
 so the file names and the order the disk lists them in do not matter.
 
+Compressed pixel data is decoded by pydicom's plugins: Pillow (JPEG baseline, JPEG 2000)
+and GDCM (``python-gdcm``: JPEG lossless, JPEG-LS, JPEG 2000, RLE).  What none of them
+decodes (12-bit lossy "JPEG Extended" is the one seen) is quarantined, naming the syntax.
+
 Pixel values go through the modality LUT (RescaleSlope / RescaleIntercept: CT in HU);
 MONOCHROME1 images are inverted (``min + max - x``, over the whole series) so that high
 values are bright everywhere.  CT (Modality ``CT``) is windowed with the fixed
