@@ -2,6 +2,7 @@
 never trained on, next to pixel baselines on the very same pairs.
 
     python benchmarks/metric_quality.py [--checkpoint PT] [--pairs 1200] [--seed 2024] [--json OUT]
+                                        [--precision float32|bfloat16|auto]
 
 Data: the ``HELD_OUT`` subjects of ``scripts/train_default.py`` (other MR scanners, CT,
 radiograph, ultrasound) taken from ``runs/pool.npz`` (rebuilt with ``build-pool`` when
@@ -103,13 +104,14 @@ def bootstrap_mae_ci(score: np.ndarray, target: np.ndarray, seed: int, n: int = 
     return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
-def run(checkpoint: Path, pool_path: Path, n_pairs: int, seed: int, copy_repeats: int, device: str) -> dict:
+def run(checkpoint: Path, pool_path: Path, n_pairs: int, seed: int, copy_repeats: int, device: str,
+        precision: str = "float32") -> dict:
     import torch
 
     from deepssim.augment import nuisance_augment
     from deepssim.checkpoint import load_checkpoint
-    from deepssim.model import cosine_scores
-    from deepssim.train import _embed, copy_transform, evaluate, make_eval_set
+    from deepssim.embed import Embedder
+    from deepssim.train import copy_transform, evaluate, make_eval_set
 
     t0 = time.perf_counter()
     pool, subjects = held_out_pool(pool_path)
@@ -118,12 +120,13 @@ def run(checkpoint: Path, pool_path: Path, n_pairs: int, seed: int, copy_repeats
     ev = make_eval_set(pool, n_pairs=n_pairs, seed=seed)
     official = evaluate(model, ev)
 
-    @torch.no_grad()
+    embedder = Embedder(model, device=device, precision=precision)  # as the audit embeds
+
     def model_scores(x, y):
-        return cosine_scores(_embed(model, x.to(device)), _embed(model, y.to(device))).cpu().numpy()
+        return (embedder.embed(x.squeeze(1).cpu().numpy()) * embedder.embed(y.squeeze(1).cpu().numpy())).sum(1)
 
     target = ev.target.cpu().numpy().astype(np.float64)
-    res: dict = {"model": meta.model_id, "checkpoint": str(checkpoint), "seed": seed,
+    res: dict = {"model": meta.model_id, "inference": embedder.resolved, "checkpoint": str(checkpoint), "seed": seed,
                  "held_out_subjects": subjects, "held_out_images": len(pool), "pairs": int(len(target)),
                  "target_histogram": np.histogram(target, bins=12, range=(-0.2, 1.0))[0].tolist()}
 
@@ -232,9 +235,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--copy-repeats", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto (the audit's default)")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     a = ap.parse_args()
-    res = run(a.checkpoint, a.pool, a.pairs, a.seed, a.copy_repeats, a.device)
+    res = run(a.checkpoint, a.pool, a.pairs, a.seed, a.copy_repeats, a.device, a.precision)
     print(f"model {res['model']}, {res['held_out_images']} held-out images of {len(res['held_out_subjects'])} "
           f"subjects, {res['pairs']} pairs, seed {res['seed']}, {res['seconds']} s\n")
     print(markdown(res))

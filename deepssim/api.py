@@ -58,6 +58,7 @@ class DeepSSIM:
     meta: CheckpointMeta
     device: str = "auto"
     batch_size: int = 256
+    precision: str = "auto"  # of the arithmetic: auto | float32 | bfloat16 (deepssim.embed)
     _embedder: object = field(default=None, repr=False)
 
     @property
@@ -73,7 +74,8 @@ class DeepSSIM:
         if self._embedder is None:
             from .embed import Embedder
 
-            self._embedder = Embedder(self.encoder, device=self.device, batch_size=self.batch_size)
+            self._embedder = Embedder(self.encoder, device=self.device, batch_size=self.batch_size,
+                                      precision=self.precision)
         return self._embedder
 
     def embed(self, images) -> np.ndarray:
@@ -90,15 +92,15 @@ class DeepSSIM:
         return float(np.dot(ea, eb))
 
 
-def load_model(path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") -> DeepSSIM:
+def load_model(path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto", precision: str = "auto") -> DeepSSIM:
     """Load and integrity-check a checkpoint (see :mod:`deepssim.checkpoint`)."""
     encoder, meta = load_checkpoint(path)
-    return DeepSSIM(encoder, meta, device=device)
+    return DeepSSIM(encoder, meta, device=device, precision=precision)
 
 
-def load_default_model(device: str = "auto") -> DeepSSIM:
+def load_default_model(device: str = "auto", precision: str = "auto") -> DeepSSIM:
     """The model shipped with the package (``deepssim/models/deepssim-default.pt``)."""
-    return load_model(DEFAULT_MODEL, device)
+    return load_model(DEFAULT_MODEL, device, precision)
 
 
 def deepssim_score(a, b, model: DeepSSIM | None = None) -> float:

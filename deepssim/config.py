@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")  # of embedding arithmetic (deepssim/embed.py)
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Shape of the DeepSSIM encoder (a 2D MONAI ResNet with a stride-2 stem).
@@ -143,8 +146,15 @@ class AuditSettings:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     batch_size: int = 256
     device: str = "auto"
+    # "auto": bfloat16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs),
+    # else float32; scores move by <= 0.005 (deepssim/embed.py)
+    precision: str = "auto"
     evidence_pairs: int = 12
     store_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)

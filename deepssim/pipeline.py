@@ -52,7 +52,7 @@ def input_sha256(pixels: np.ndarray) -> list[str]:
 # ----------------------------------------------------------------------------- embedding
 def embed_pixels(pixels_path: Path, rows: np.ndarray, model_path: Path, out_path: Path,
                  device: str = "auto", batch_size: int = 256,
-                 progress: Callable[[int, int], None] | None = None) -> Path:
+                 progress: Callable[[int, int], None] | None = None, precision: str = "auto") -> Path:
     """Embed ``pixels[rows]`` with the checkpoint at ``model_path``; write (len(rows), D)
     float32 to ``out_path``.  ``progress(done, total)`` after each batch."""
     from .checkpoint import load_checkpoint
@@ -60,7 +60,7 @@ def embed_pixels(pixels_path: Path, rows: np.ndarray, model_path: Path, out_path
 
     pixels = np.load(pixels_path, mmap_mode="r")
     model, _ = load_checkpoint(model_path)
-    embedder = Embedder(model, device=device, batch_size=batch_size)
+    embedder = Embedder(model, device=device, batch_size=batch_size, precision=precision)
     rows = np.asarray(rows, dtype=np.int64)
     out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32,
                                     shape=(len(rows), model.config.embedding_dim))

@@ -101,7 +101,12 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
         return EXIT_NOTHING
     rows = ok_rows(read_manifest(Path(validated["manifest"])))["row"].astype(int).tolist()
     emb_path = embed_stage(ingested["pixels"], rows, model["path"], str(work / "embeddings.npy"),
-                           settings.device, settings.batch_size, "candidate embedding")
+                           settings.device, settings.batch_size, "candidate embedding",
+                           precision=settings.precision)
+    from deepssim.embed import inference_settings  # torch: imported only once an audit runs
+
+    # as resolved in this process (a Dask worker with other hardware resolves "auto" itself)
+    summary["model"] = {**model, "inference": inference_settings(settings.device, settings.precision)}
     found = search_task(db, cohort, model["model_id"], emb_path, settings.search.k,
                         settings.search.candidate_block, settings.search.cohort_block, wait,
                         str(work / "neighbours.npz"))

@@ -29,6 +29,9 @@ WaitOption = Annotated[float, typer.Option(help="seconds to wait for a busy stor
 TaskRunnerOption = Annotated[str, typer.Option(help=RUNNER_HELP)]
 DaskAddressOption = Annotated[Optional[str], typer.Option(help=DASK_HELP)]
 DaskWorkersOption = Annotated[int, typer.Option(help="workers of the local Dask cluster")]
+PrecisionOption = Annotated[str, typer.Option(
+    help="embedding arithmetic: auto (bfloat16 where the hardware has it natively, else float32) "
+         "| float32 | bfloat16")]
 ShardSizeOption = Annotated[int, typer.Option(help="files per ingestion shard (dask)")]
 
 
@@ -39,8 +42,7 @@ def _runner_flow(flow, task_runner: str, dask_address: Optional[str], workers: i
     try:
         return with_runner(flow, task_runner, dask_address, workers)
     except ValueError as exc:
-        typer.secho(f"usage error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        _usage_error(exc)
 
 
 def _quiet_environment() -> None:
@@ -68,24 +70,36 @@ def _fail(message: str, code: int = EXIT_ERROR) -> None:
 
 def _settings(similar: float, duplicate: float, max_duplicates: int, max_similar_fraction: Optional[float],
               verify: bool, allow_quarantined: bool, k: int, device: str, batch_size: int, wait: float,
-              thresholds_source: str = "command line") -> dict:
-    from deepssim.config import AuditSettings, GatePolicy, SearchConfig, Thresholds, VerificationConfig
-    from deepssim.pipeline import settings_record
+              thresholds_source: str = "command line", precision: str = "auto") -> dict:
+    from deepssim.config import GatePolicy, SearchConfig, Thresholds, VerificationConfig
 
     default = Thresholds()
     unchanged = (similar, duplicate) == (default.similar, default.duplicate) and thresholds_source == "command line"
     source = default.source if unchanged else thresholds_source
     try:
-        settings = AuditSettings(
-            thresholds=Thresholds(similar, duplicate, source),
-            policy=GatePolicy(max_duplicates=max_duplicates, max_similar_fraction=max_similar_fraction,
-                              fail_on_quarantined=not allow_quarantined),
-            search=SearchConfig(k=k), verification=VerificationConfig(enabled=verify),
-            device=device, batch_size=batch_size, store_wait_s=wait)
+        parts = dict(thresholds=Thresholds(similar, duplicate, source),
+                     policy=GatePolicy(max_duplicates=max_duplicates, max_similar_fraction=max_similar_fraction,
+                                       fail_on_quarantined=not allow_quarantined),
+                     search=SearchConfig(k=k), verification=VerificationConfig(enabled=verify))
     except ValueError as exc:
-        typer.secho(f"usage error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    return settings_record(settings)
+        _usage_error(exc)
+    return _valid_settings(**parts, device=device, precision=precision, batch_size=batch_size, store_wait_s=wait)
+
+
+def _valid_settings(**values) -> dict:
+    """AuditSettings(**values) as a plain record; an invalid value is a usage error (exit 2)."""
+    from deepssim.config import AuditSettings
+    from deepssim.pipeline import settings_record
+
+    try:
+        return settings_record(AuditSettings(**values))
+    except ValueError as exc:
+        _usage_error(exc)
+
+
+def _usage_error(exc: Exception | str) -> None:
+    typer.secho(f"usage error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
 
 
 def _run_flow(fn, **kwargs):
@@ -104,15 +118,16 @@ def score(a: Optional[Path] = typer.Argument(None, help="first image (PNG/JPEG/T
           pairs: Optional[Path] = typer.Option(None, help="CSV with columns a,b (paths) for batch scoring"),
           out: Optional[Path] = typer.Option(None, help="with --pairs: write the CSV with a score column here"),
           model: Optional[Path] = typer.Option(None, help="checkpoint (default: the shipped model)"),
-          device: str = typer.Option("auto", help="auto | cpu | cuda")):
+          device: str = typer.Option("auto", help="auto | cpu | cuda"),
+          precision: PrecisionOption = "auto"):
     """Print the DeepSSIM score of two images (≈ their aligned SSIM), or score a CSV of pairs."""
     if pairs is None and (a is None or b is None):
-        typer.secho("usage error: give two images, or --pairs PAIRS.csv", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        _usage_error("give two images, or --pairs PAIRS.csv")
+    _valid_settings(device=device, precision=precision)
     try:
-        from deepssim.api import load_default_model, load_model
+        from deepssim.api import DEFAULT_MODEL, load_model
 
-        m = load_model(model, device) if model else load_default_model(device)
+        m = load_model(model or DEFAULT_MODEL, device, precision)
         if pairs is None:
             typer.echo(f"{m.score(a, b):.4f}")
             return
@@ -147,18 +162,19 @@ def cohort_register(name: str = typer.Argument(..., help="cohort name"),
                     paths: List[Path] = typer.Argument(..., help="files or folders of training images"),
                     db: Optional[Path] = typer.Option(None, help=DB_HELP),
                     model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
-                    device: str = typer.Option("auto"), wait: WaitOption = 60.0,
-                    task_runner: TaskRunnerOption = "thread", dask_address: DaskAddressOption = None,
+                    device: str = typer.Option("auto"), precision: PrecisionOption = "auto",
+                    wait: WaitOption = 60.0, task_runner: TaskRunnerOption = "thread", dask_address: DaskAddressOption = None,
                     dask_workers: DaskWorkersOption = 2, shard_size: ShardSizeOption = 512):
     """Ingest, validate, embed and store a training cohort (incremental: unchanged images are skipped)."""
     _quiet_environment()
     _check_paths(paths)
+    settings = _valid_settings(device=device, precision=precision, store_wait_s=wait)
     from flows.register_cohort import register_cohort
 
     flow = _runner_flow(register_cohort, task_runner, dask_address, dask_workers)
     result, exc = _run_flow(flow, name=name, paths=[str(p) for p in paths],
                             db=str(db) if db else None, model_path=str(model) if model else None,
-                            settings={"device": device, "store_wait_s": wait}, shard_files=shard_size)
+                            settings=settings, shard_files=shard_size)
     if exc is not None or not isinstance(result, dict):
         _fail(f"registration failed: {exc or result}")
     typer.echo(json.dumps(result, indent=2))
@@ -194,6 +210,7 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
           k: int = typer.Option(5, help="nearest training images kept per candidate"),
           model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
+          precision: PrecisionOption = "auto",
           batch_size: int = typer.Option(256),
           wait: WaitOption = 60.0, task_runner: TaskRunnerOption = "thread",
           dask_address: DaskAddressOption = None, dask_workers: DaskWorkersOption = 2,
@@ -205,7 +222,7 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
     if calibrated:
         similar, duplicate, source = _calibrated_thresholds(db, cohort, wait)
     settings = _settings(similar, duplicate, max_duplicates, max_similar_fraction, verify, allow_quarantined,
-                         k, device, batch_size, wait, thresholds_source=source)
+                         k, device, batch_size, wait, thresholds_source=source, precision=precision)
     from flows.audit import audit as audit_flow
 
     flow = _runner_flow(audit_flow, task_runner, dask_address, dask_workers)

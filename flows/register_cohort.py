@@ -40,7 +40,8 @@ def register_cohort(name: str, paths: list[str], db: str | None = None, settings
         emb_path = None
         if plan["embed_rows"]:
             emb_path = embed_stage(ingested["pixels"], plan["embed_rows"], model["path"],
-                                   str(work / "embeddings.npy"), s.device, s.batch_size, "cohort embedding")
+                                   str(work / "embeddings.npy"), s.device, s.batch_size, "cohort embedding",
+                                   precision=s.precision)
         stats = register_task(db, name, plan, ingested["pixels"], emb_path, model["model_id"],
                               [str(Path(p).resolve()) for p in paths], validated["quarantined"], s.store_wait_s)
     result = {"cohort": name, "model_id": model["model_id"], "quarantined": validated["quarantined"],

@@ -67,12 +67,14 @@ def ingest_stage(paths: list[str], work: Path, config: IngestConfig, size: int, 
 
 
 def embed_stage(pixels_path: str, rows: list[int], model_path: str, out_path: str, device: str,
-                batch_size: int, label: str, shard_rows: int = DEFAULT_EMBED_SHARD_ROWS) -> str:
+                batch_size: int, label: str, shard_rows: int = DEFAULT_EMBED_SHARD_ROWS,
+                precision: str = "auto") -> str:
     """Embed ``pixels[rows]`` into ``out_path``: one task, or row shards on the workers."""
     if not distributed():
-        return embed_task(pixels_path, rows, model_path, out_path, device, batch_size, label=label)
+        return embed_task(pixels_path, rows, model_path, out_path, device, batch_size, label=label,
+                          precision=precision)
     out = Path(out_path)
     futures = [embed_task.submit(pixels_path, chunk, model_path, str(out.with_name(f"{out.stem}-{i:05d}.npy")),
-                                 device, batch_size, label=f"{label} shard {i}")
+                                 device, batch_size, label=f"{label} shard {i}", precision=precision)
                for i, chunk in enumerate(split_rows(rows, shard_rows))]
     return str(merge_embeddings([f.result() for f in futures], out))

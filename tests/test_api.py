@@ -66,3 +66,38 @@ def test_functional_form_and_bad_input(model, tmp_path):
     bad.write_bytes(b"definitely not a png")
     with pytest.raises(ValueError):
         model.score(a, bad)
+
+
+def test_precision_resolution(monkeypatch):
+    import torch
+
+    from deepssim import embed
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert embed.resolve_precision("float32", cuda) == torch.float32
+    assert embed.resolve_precision("bfloat16", cpu) == torch.bfloat16
+    assert embed.resolve_precision("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(embed, "cpu_has_native_bfloat16", lambda: False)
+    assert embed.resolve_precision("auto", cpu) == torch.float32  # emulated bf16 would be slower
+    monkeypatch.setattr(embed, "cpu_has_native_bfloat16", lambda: True)
+    assert embed.resolve_precision("auto", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        embed.resolve_precision("float16", cpu)
+
+
+def test_bfloat16_scores_agree_with_float32_on_real_slices():
+    """bfloat16 is a speed setting: on real slices (same subject, other subjects, a flipped
+    copy) it must rank and score pairs as float32 does, to a few thousandths."""
+    from deepssim.api import load_default_model
+
+    paths = [slice_path(s, i) for s, i in (("colin27", 90), ("colin27", 96), ("nibabel_anatomical", 12),
+                                            ("heudiconv_crlab", 15), ("icbm152_2009_template", 40))]
+    images = np.stack([deepssim.load_image(p) for p in paths] + [np.ascontiguousarray(np.fliplr(deepssim.load_image(paths[0])))])
+    emb32 = load_default_model(device="cpu", precision="float32").embed(images)
+    emb16 = load_default_model(device="cpu", precision="bfloat16").embed(images)
+    assert emb16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb16, axis=1), 1.0, atol=1e-5)
+    cos32, cos16 = emb32 @ emb32.T, emb16 @ emb16.T
+    assert not np.array_equal(emb32, emb16)  # the setting really changed the arithmetic
+    assert np.abs(cos32 - cos16).max() < 0.01
+    assert cos16[0, 5] > 0.85  # the flipped copy is still a duplicate

@@ -64,6 +64,16 @@ def test_audit_with_inconsistent_thresholds_is_a_usage_error(tmp_path):
     assert proc.returncode == 2, proc.stderr
 
 
+@pytest.mark.parametrize("command", [["audit", SAMPLE_DATA / "candidates", "--cohort", "c"],
+                                     ["cohort", "register", "c", SAMPLE_DATA / "train"],
+                                     ["score", TRAIN_SLICE, TRAIN_SLICE]])
+def test_unknown_precision_is_a_usage_error(tmp_path, command):
+    proc = _run([DEEPSSIM, *command, "--precision", "float16", *(["--db", tmp_path / "g.duckdb"] if command[0] != "score" else [])],
+                _env(home=tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "precision must be one of auto, float32, bfloat16" in proc.stderr
+
+
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_audit_against_an_unknown_cohort_is_an_error_never_a_pass(tmp_path, prefect_harness, others_dir):

@@ -88,6 +88,11 @@ def test_audit_flags_copies_and_fails_the_run(runs):
     assert sum(summary["counts"][k] for k in ("duplicate", "similar", "different")) == len(audited)
     assert summary["thresholds"]["duplicate"] == 0.85 and summary["thresholds"]["similar"] == 0.60
     assert summary["model"]["model_id"] == runs["registered"]["model_id"]
+    # the arithmetic the embeddings were made with is on record, as resolved on this machine
+    from deepssim.embed import inference_settings
+
+    assert summary["model"]["inference"] == inference_settings(summary["settings"]["device"],
+                                                               summary["settings"]["precision"])
     assert summary["cohort"]["name"] == COHORT
 
 
