@@ -91,7 +91,9 @@ class VerificationConfig:
     before SSIM; ``blur_sigmas``: blur levels (px) tried on the training image, the copy
     may be smoother than its source; ``fusion``: how the verification score and the
     embedding score make the final score ("max" | "verification", see
-    ``deepssim.pipeline.fuse_scores``).  See :mod:`deepssim.verify` for the score.
+    ``deepssim.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
+    by side (0: one per CPU core, at most 8; 1: in the calling process), see
+    :mod:`deepssim.parallel`.  See :mod:`deepssim.verify` for the score.
     """
 
     enabled: bool = True
@@ -108,6 +110,11 @@ class VerificationConfig:
     # (BENCHMARKS.md, "Detection quality"); "max" with the embedding score only added
     # similar images called duplicates
     fusion: str = "verification"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"verification workers must be >= 0 (0: one per core), got {self.workers}")
 
 
 @dataclass(frozen=True)

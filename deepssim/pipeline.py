@@ -133,9 +133,10 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
     When the fused score comes from the embedding, the nearest image is the embedding's
     top match and ``alignment`` says so (the evidence names what produced the score).
-    ``progress(done, total)`` is called after each verified candidate.
+    ``progress(done, total)`` is called after each verified candidate.  Candidates are
+    verified on ``config.workers`` processes (:func:`deepssim.parallel.ordered_map`).
     """
-    from .verify import verify_pair
+    from .parallel import ordered_map
 
     q = len(candidates)
     score = emb_scores[:, 0].astype(np.float64).copy() if q else np.zeros(0)
@@ -147,9 +148,8 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
         return Verified(score, nearest, verified, alignment, ver_score)
     todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
     k = min(config.top_k, emb_index.shape[1]) if q else 0
-    for done, i in enumerate(todo, 1):
-        refs = load_references(emb_index[i, :k])
-        results = [verify_pair(np.asarray(candidates[i], np.float32), r, config) for r in refs]
+    jobs = ((np.asarray(candidates[i], np.float32), load_references(emb_index[i, :k]), config) for i in todo)
+    for done, (i, results) in enumerate(zip(todo, ordered_map(_verify_job, jobs, len(todo), config.workers)), 1):
         best = int(np.argmax([r.score for r in results]))
         ver_score[i] = results[best].score
         score[i] = float(fuse_scores(np.float64(emb_scores[i, 0]), np.float64(ver_score[i]), config.fusion))
@@ -161,6 +161,14 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
         if progress:
             progress(done, len(todo))
     return Verified(score, nearest, verified, alignment, ver_score)
+
+
+def _verify_job(job: tuple[np.ndarray, np.ndarray, VerificationConfig]) -> list:
+    """One candidate against its references (runs on a verification worker)."""
+    from .verify import verify_pair
+
+    candidate, references, config = job
+    return [verify_pair(candidate, r, config) for r in references]
 
 
 # ----------------------------------------------------------------------------- verdicts

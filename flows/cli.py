@@ -70,7 +70,7 @@ def _fail(message: str, code: int = EXIT_ERROR) -> None:
 
 def _settings(similar: float, duplicate: float, max_duplicates: int, max_similar_fraction: Optional[float],
               verify: bool, allow_quarantined: bool, k: int, device: str, batch_size: int, wait: float,
-              thresholds_source: str = "command line", precision: str = "auto") -> dict:
+              thresholds_source: str = "command line", precision: str = "auto", verify_workers: int = 0) -> dict:
     from deepssim.config import GatePolicy, SearchConfig, Thresholds, VerificationConfig
 
     default = Thresholds()
@@ -80,7 +80,7 @@ def _settings(similar: float, duplicate: float, max_duplicates: int, max_similar
         parts = dict(thresholds=Thresholds(similar, duplicate, source),
                      policy=GatePolicy(max_duplicates=max_duplicates, max_similar_fraction=max_similar_fraction,
                                        fail_on_quarantined=not allow_quarantined),
-                     search=SearchConfig(k=k), verification=VerificationConfig(enabled=verify))
+                     search=SearchConfig(k=k), verification=VerificationConfig(enabled=verify, workers=verify_workers))
     except ValueError as exc:
         _usage_error(exc)
     return _valid_settings(**parts, device=device, precision=precision, batch_size=batch_size, store_wait_s=wait)
@@ -205,6 +205,8 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
           max_similar_fraction: Optional[float] = typer.Option(None, help="fail when more than this fraction is similar"),
           allow_quarantined: bool = typer.Option(False, help="do not fail the gate for unreadable candidate files"),
           verify: bool = typer.Option(True, help="verify top matches with aligned SSIM"),
+          verify_workers: int = typer.Option(0, help="processes verifying candidates side by side "
+                                                     "(0: one per CPU core, at most 8; 1: none)"),
           calibrated: bool = typer.Option(False, help="use the latest thresholds recorded by `deepssim calibrate` "
                                                        "for this cohort (else the latest global ones)"),
           k: int = typer.Option(5, help="nearest training images kept per candidate"),
@@ -222,7 +224,8 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
     if calibrated:
         similar, duplicate, source = _calibrated_thresholds(db, cohort, wait)
     settings = _settings(similar, duplicate, max_duplicates, max_similar_fraction, verify, allow_quarantined,
-                         k, device, batch_size, wait, thresholds_source=source, precision=precision)
+                         k, device, batch_size, wait, thresholds_source=source, precision=precision,
+                         verify_workers=verify_workers)
     from flows.audit import audit as audit_flow
 
     flow = _runner_flow(audit_flow, task_runner, dask_address, dask_workers)

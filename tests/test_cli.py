@@ -74,6 +74,14 @@ def test_unknown_precision_is_a_usage_error(tmp_path, command):
     assert "precision must be one of auto, float32, bfloat16" in proc.stderr
 
 
+def test_negative_verify_workers_is_a_usage_error(tmp_path):
+    proc = _run([DEEPSSIM, "audit", SAMPLE_DATA / "candidates", "--cohort", "c", "--verify-workers", "-1",
+                 "--db", tmp_path / "g.duckdb", "--out", tmp_path / "out"], _env(home=tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "verification workers must be >= 0" in proc.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()  # refused before anything ran
+
+
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_audit_against_an_unknown_cohort_is_an_error_never_a_pass(tmp_path, prefect_harness, others_dir):
