@@ -6,7 +6,7 @@ and the arithmetic precision.  ``device="auto"`` picks CUDA when present, else C
 ``precision="auto"`` runs bfloat16 autocast where the hardware computes it natively
 (CUDA, or a CPU with AVX512-BF16 / AMX) and float32 elsewhere, where emulated bfloat16
 would be slower than float32.  On the shipped model bfloat16 moves a cosine score by at
-most 0.005 (mean 0.001) and its MAE to the aligned SSIM by 0.0003, and embeds 1.7-1.9x
+most 0.005 (mean 0.001) and its MAE to the aligned SSIM by 0.0003, and embeds 1.6-1.8x
 faster on the 2-core AVX512-BF16 CPU (BENCHMARKS.md, "Embedding throughput").
 """
 from __future__ import annotations

@@ -268,7 +268,10 @@ def photometric_fit(candidate: torch.Tensor, reference: torch.Tensor, valid: tor
             continue
         design = torch.cat([torch.log(r.clamp_min(1e-4)).unsqueeze(1), basis], 1)
         weight = r[use].unsqueeze(1)
-        coef = torch.linalg.lstsq(design[use] * weight, torch.log(c[use]).unsqueeze(1) * weight).solution[:, 0]
+        # float64: LAPACK's float32 result varies by ~1e-6 from call to call with its
+        # workspace, which made repeated audits differ in the 6th decimal
+        coef = torch.linalg.lstsq((design[use] * weight).double(),
+                                  (torch.log(c[use]).unsqueeze(1) * weight).double()).solution[:, 0].float()
         gamma = coef[0].clamp(0.3, 3.0)
         field = (basis @ coef[1:]).clamp(-MAX_LOG_FIELD, MAX_LOG_FIELD)
         mapped = torch.exp(gamma * torch.log(r.clamp_min(1e-6)) + field).clamp(0, 1)
