@@ -44,7 +44,7 @@ def test_score_on_arrays_matches_paths(model):
 
 
 def test_dicom_paths_and_embed(model):
-    pydicom_data = pytest.importorskip("pydicom.data")
+    import pydicom.data as pydicom_data  # a dependency: a broken install must fail, not skip
     ct = pydicom_data.get_testdata_file("CT_small.dcm")
     mr = pydicom_data.get_testdata_file("MR_small.dcm")
     img = deepssim.load_image(ct)

@@ -23,7 +23,8 @@ from deepssim.io.slicing import FOREGROUND_LEVEL, raw_sha256
 from deepssim.preprocess import window_to_unit
 from deepssim.validate import write_quarantine_csv
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from realdata import SHARED_DATA as DATA
+
 VOLUMES = DATA / "volumes"
 COLIN_PNG = DATA / "slices" / "brain_mri" / "colin27"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

@@ -1,5 +1,4 @@
 """Training pairs (balanced, subject-correct) and a few real training steps on CPU."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +8,8 @@ from deepssim.config import EncoderConfig
 from deepssim.model import DeepSSIMEncoder, cosine_scores
 from deepssim.pairs import ImagePool, PairMix, PairSampler
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from realdata import SHARED_DATA as DATA, require_shared_data
+
 TRAIN_SUBJECTS = {"colin27", "heudiconv_ke6hL9Lm", "nibabel_example4d", "dipy_piesno", "dipy_aniso_vox"}
 VAL_SUBJECTS = {"icbm152_2009_template", "heudiconv_crlab", "nibabel_anatomical"}
 
@@ -18,8 +18,7 @@ VAL_SUBJECTS = {"icbm152_2009_template", "heudiconv_crlab", "nibabel_anatomical"
 def pool() -> ImagePool:
     from deepssim.trainingdata import as_pool, read_slice_folder
 
-    if not (DATA / "manifest.csv").is_file():
-        pytest.skip("shared data not present")
+    require_shared_data()  # skips only a clone without ../shared/data; a missing manifest fails
     return as_pool(read_slice_folder(DATA))
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,14 +10,17 @@ from deepssim.config import IngestConfig
 from deepssim.io import ingest
 from deepssim.validate import ValidationConfig, validate_manifest, write_quarantine_csv
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-PIESNO = DATA / "slices" / "brain_mri" / "dipy_piesno"
+from realdata import SHARED_DATA, SLICES
 
-pytestmark = pytest.mark.skipif(not PIESNO.is_dir(), reason="shared real data not present")
+PIESNO = SLICES / "dipy_piesno"
+
+# only a clone without ../shared/data skips; with it, a missing subject folder fails below
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared real data not present")
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> pd.DataFrame:
+    assert PIESNO.is_dir(), f"{PIESNO} is missing from the shared data"
     tmp = tmp_path_factory.mktemp("val")
     folder = tmp / "in"
     shutil.copytree(PIESNO, folder)
