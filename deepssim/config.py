@@ -15,6 +15,13 @@ from typing import Any
 PRECISIONS = ("auto", "float32", "bfloat16")  # of embedding arithmetic (deepssim/embed.py)
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Shape of the DeepSSIM encoder (a 2D MONAI ResNet with a stride-2 stem).
@@ -160,8 +167,7 @@ class AuditSettings:
     store_wait_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)

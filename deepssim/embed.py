@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .config import PRECISIONS
+from .config import check_precision
 from .model import DeepSSIMEncoder
 
 
@@ -45,9 +45,7 @@ def inference_settings(device: str = "auto", precision: str = "auto") -> dict[st
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``"float32"`` / ``"bfloat16"`` as asked; ``"auto"`` -> bfloat16 on CUDA and on CPUs
     with native bfloat16, float32 otherwise."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
+    if check_precision(precision) == "auto":
         native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
         return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if precision == "bfloat16" else torch.float32

@@ -123,7 +123,12 @@ def score(a: Optional[Path] = typer.Argument(None, help="first image (PNG/JPEG/T
     """Print the DeepSSIM score of two images (≈ their aligned SSIM), or score a CSV of pairs."""
     if pairs is None and (a is None or b is None):
         _usage_error("give two images, or --pairs PAIRS.csv")
-    _valid_settings(device=device, precision=precision)
+    try:
+        from deepssim.config import check_precision
+
+        check_precision(precision)
+    except ValueError as exc:
+        _usage_error(exc)
     try:
         from deepssim.api import DEFAULT_MODEL, load_model
 
