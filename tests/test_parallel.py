@@ -13,7 +13,16 @@ from realdata import load_slice as load
 from test_verify import disguised_copy
 
 
+_BOTH_WORKERS = None  # a fork-inherited Barrier(2), set by the test
+
+
 def _pid_and_square(x: int) -> tuple[int, int]:
+    # each worker's first item waits for the other worker: on a loaded machine one worker
+    # could otherwise drain all items before the second one starts (seen once in a run)
+    global _BOTH_WORKERS
+    if _BOTH_WORKERS is not None:
+        _BOTH_WORKERS.wait(timeout=60)
+        _BOTH_WORKERS = None
     return os.getpid(), x * x
 
 
@@ -24,7 +33,12 @@ def _fail_on_three(x: int) -> int:
 
 
 def test_ordered_map_keeps_order_and_uses_other_processes():
-    got = list(parallel.ordered_map(_pid_and_square, iter(range(12)), 12, workers=2))
+    global _BOTH_WORKERS
+    _BOTH_WORKERS = multiprocessing.get_context("fork").Barrier(2)
+    try:
+        got = list(parallel.ordered_map(_pid_and_square, iter(range(12)), 12, workers=2))
+    finally:
+        _BOTH_WORKERS = None
     assert [sq for _, sq in got] == [x * x for x in range(12)]
     pids = {pid for pid, _ in got}
     assert os.getpid() not in pids and len(pids) == 2
