@@ -113,5 +113,9 @@ def load_checkpoint(path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu"
             f"match the recorded {meta.sha256[:16]}… (tampered or corrupted weights)")
     model = DeepSSIMEncoder(meta.encoder)
     state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: the weights do not fit the encoder its sidecar "
+                              f"describes ({meta.encoder}): {exc}") from exc
     return model.to(device).eval(), meta

@@ -27,7 +27,10 @@ class EncoderConfig:
     """Shape of the DeepSSIM encoder (a 2D MONAI ResNet with a stride-2 stem).
 
     ``input_size`` is the side of the square, single-channel image the network sees;
-    ``embedding_dim`` the length of the L2-normalised embedding.
+    ``embedding_dim`` the length of the L2-normalised embedding.  ``canonical_flips``:
+    flip each image into a canonical orientation before the network
+    (:func:`deepssim.model.canonical_flips`), which makes the embedding exactly invariant
+    to horizontal and vertical flips.  Off for checkpoints that predate it.
     """
 
     input_size: int = 128
@@ -35,6 +38,7 @@ class EncoderConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     stem_stride: int = 2
+    canonical_flips: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":

@@ -103,3 +103,27 @@ def test_blend_edit_is_exact(batch):
     torch.testing.assert_close(out[0], batch[0])
     torch.testing.assert_close(out[-1], other[-1])
     assert reference_ssim(out[0, 0].numpy(), batch[0, 0].numpy()) == pytest.approx(1.0)
+
+
+def test_canonical_flips_map_every_mirror_image_to_one_image():
+    from deepssim.config import EncoderConfig
+    from deepssim.model import DeepSSIMEncoder, canonical_flips, third_moment
+
+    image = torch.tensor(load("colin27", 90), dtype=torch.float32)[None, None]
+    mirrors = torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)])
+    canonical = canonical_flips(mirrors)
+    assert all(torch.equal(canonical[0], c) for c in canonical[1:])
+    # a shift does not change the decision: the moment is taken about the centre of mass
+    shifted = torch.nn.functional.pad(image, (0, 9, 6, 0))[..., :128, 9:]
+    for axis in (-2, -1):  # projections on x (sum over rows), then on y
+        profiles = [third_moment(x[0, 0].sum(axis)[None]) for x in (image, shifted)]
+        assert torch.sign(profiles[0]) == torch.sign(profiles[1]) != 0
+    torch.manual_seed(0)
+    small = dict(input_size=128, embedding_dim=16, widths=(8, 8, 16, 16))
+    encoder = DeepSSIMEncoder(EncoderConfig(**small, canonical_flips=True)).eval()
+    without = DeepSSIMEncoder(EncoderConfig(**small)).eval()
+    without.load_state_dict({k: v for k, v in encoder.state_dict().items() if k != "canonical_flips"})
+    with torch.no_grad():
+        emb, emb_without = encoder(mirrors), without(mirrors)
+    assert torch.allclose(emb, emb[:1].expand_as(emb), atol=1e-6)
+    assert not torch.allclose(emb_without[0], emb_without[1], atol=1e-3)  # not so without it

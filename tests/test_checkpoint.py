@@ -110,3 +110,24 @@ def test_shipped_model_flipped_copy_scores_as_duplicate(default_model, subject, 
     assert copy_score > 0.85, copy_score
     assert different < copy_score, (different, copy_score)
     assert different < 0.85, different
+
+
+def test_canonical_flips_are_part_of_the_model_identity(tmp_path):
+    """The same weights with canonical flips on are another model (another sha256), and a
+    sidecar that disagrees with its weights on it is refused."""
+    torch.manual_seed(0)
+    plain = DeepSSIMEncoder(SMALL)
+    canonical = DeepSSIMEncoder(EncoderConfig(**{**SMALL.__dict__, "canonical_flips": True}))
+    canonical.load_state_dict({**plain.state_dict(), "canonical_flips": torch.ones((), dtype=torch.bool)})
+    meta_plain = save_checkpoint(plain, tmp_path / "plain.pt")
+    meta_canonical = save_checkpoint(canonical, tmp_path / "canonical.pt")
+    assert meta_plain.model_id != meta_canonical.model_id
+    loaded, meta = load_checkpoint(tmp_path / "canonical.pt")
+    assert meta.encoder.canonical_flips and not read_meta(tmp_path / "plain.pt").encoder.canonical_flips
+
+    side = sidecar_path(tmp_path / "plain.pt")
+    record = json.loads(side.read_text())
+    record["encoder"]["canonical_flips"] = True  # sidecar edited, weights not
+    side.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "plain.pt")
