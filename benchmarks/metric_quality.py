@@ -19,6 +19,8 @@ used; the same balanced pair sampler as training, so the target histogram is fla
   per SSIM band; Spearman rank correlation;
 * copy rate: share of flipped + rotated (±10°) + re-contrasted (gamma 0.5–1.6) copies
   (``copy_transform``) scoring > 0.85 — every held-out image, ``--copy-repeats`` draws;
+* error by pair kind (identical, edited, neighbouring slice, same subject, other subject)
+  and SSIM band on unbalanced pairs: where the error lives;
 * different rate: share of other-subject pairs with aligned SSIM <= 0.60 that score
   <= 0.60 (as :func:`deepssim.train.evaluate` measures them: unaugmented), and the same
   pairs nuisance-augmented.
@@ -85,9 +87,12 @@ def ssim_rows(a, b) -> np.ndarray:
                            for i in range(0, len(a), 256)])
 
 
+def _bands(target: np.ndarray) -> dict[str, np.ndarray]:
+    return {"le_0.60": target <= 0.60, "0.60_0.85": (target > 0.60) & (target <= 0.85), "gt_0.85": target > 0.85}
+
+
 def band_mae(score: np.ndarray, target: np.ndarray) -> dict:
-    bands = {"le_0.60": target <= 0.60, "0.60_0.85": (target > 0.60) & (target <= 0.85), "gt_0.85": target > 0.85}
-    return {k: (float(np.abs(score[m] - target[m]).mean()) if m.any() else None) for k, m in bands.items()}
+    return {k: (float(np.abs(score[m] - target[m]).mean()) if m.any() else None) for k, m in _bands(target).items()}
 
 
 def summarize(score: np.ndarray, target: np.ndarray) -> dict:
@@ -178,9 +183,29 @@ def run(checkpoint: Path, pool_path: Path, n_pairs: int, seed: int, copy_repeats
         "pixel_correlation_rate_le_0.60_augmented": float((pearson_rows(da, db) <= 0.60).mean()),
         "evaluate_rate_le_0.60": official["different_rate_le_0.60"],
     }
+    res["by_kind"] = error_by_kind(pool, model_scores, n_pairs * 3, seed + 13)
     res["evaluate"] = official
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
+
+
+def error_by_kind(pool, model_scores, n: int, seed: int) -> list[dict]:
+    """Unaugmented error by pair kind and SSIM band, on unbalanced pairs: where the error
+    lives (``bias`` = mean of score − target, positive = over-scored)."""
+    from deepssim.pairs import PairMix, PairSampler
+
+    a, b, target, kind = PairSampler(pool, PairMix(), seed=seed).draw_raw(n)
+    score = model_scores(a, b)
+    target, kind = target.cpu().numpy().astype(np.float64), kind.cpu().numpy()
+    rows = []
+    for band, in_band in _bands(target).items():
+        for k, name in enumerate(PairSampler.KINDS):
+            m = in_band & (kind == k)
+            if m.sum() >= 10:
+                err = score[m] - target[m]
+                rows.append({"band": band, "kind": name, "n": int(m.sum()), "mae": float(np.abs(err).mean()),
+                             "bias": float(err.mean())})
+    return rows
 
 
 def goal_line(name: str, value: float) -> str:
@@ -222,6 +247,9 @@ def markdown(res: dict) -> str:
         f"| same, both augmented | {f['deepssim_rate_le_0.60_augmented']:.1%} | "
         f"{f['raw_ssim_rate_le_0.60_augmented']:.1%} | {f['pixel_correlation_rate_le_0.60_augmented']:.1%} | | |",
     ]
+    rows += ["", "Unaugmented error by pair kind (unbalanced draw; bias = mean score − target):", "",
+             "| SSIM band | pair kind | n | MAE | bias |", "|---|---|---|---|---|"]
+    rows += [f"| {r['band']} | {r['kind']} | {r['n']} | {r['mae']:.3f} | {r['bias']:+.3f} |" for r in res["by_kind"]]
     return "\n".join(rows)
 
 

@@ -2,17 +2,20 @@
 
     python scripts/train_default.py build-pool POOL.npz          # CPU, here: real slices
     python scripts/train_default.py train POOL.npz OUT_DIR [--budget S] [--device D]
+    python scripts/train_default.py canonical-flips POOL.npz CHECKPOINT.pt OUT_DIR
 
 ``build-pool`` gathers the real training/validation images (../shared/data slices and
 volumes, deepssim_extra_data/) into one npz.  ``train`` adds procedural phantoms and
 package image tiles, splits by subject (HELD_OUT below never enters training), trains
 with the DeepSSIM objective and writes ``OUT_DIR/deepssim-default.pt`` + ``.json`` and
-``OUT_DIR/train_log.txt``.  The shipped weights were produced by the command recorded
+``OUT_DIR/train_log.txt``.  ``canonical-flips`` writes the same weights with
+``EncoderConfig.canonical_flips`` on (a new model id), validated like ``train`` does.  The shipped weights were produced by the command recorded
 in ``deepssim/models/TRAINING.md``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -21,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deepssim.config import EncoderConfig  # noqa: E402
+from deepssim.pairs import PairMix  # noqa: E402
 from deepssim.trainingdata import (ImageSet, as_pool, package_image_tiles, phantoms,  # noqa: E402
                                    read_slice_folder, read_volume_all_axes)
 
@@ -50,7 +55,8 @@ def is_held_out(name: str) -> bool:
 
 
 def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, steps: int,
-                batch: int, n_phantoms: int, seed: int, init: Path | None = None, lr: float = 2e-3) -> None:
+                batch: int, n_phantoms: int, seed: int, init: Path | None = None, lr: float = 2e-3,
+                mix: dict[str, float] | None = None) -> None:
     import torch
 
     from deepssim.checkpoint import save_checkpoint
@@ -81,7 +87,7 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
     }
     log("data: " + json.dumps(summary))
     config = TrainConfig(steps=steps, batch_size=batch, time_budget_s=budget, device=device, seed=seed, lr=lr,
-                         eval_every=250 if device != "cpu" else 100)
+                         eval_every=250 if device != "cpu" else 100, mix=PairMix(**(mix or {})))
     torch.set_float32_matmul_precision("high")
 
     def checkpoint(model, metrics, step):
@@ -89,15 +95,16 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
                         training={**summary, "best_step": step, "command": " ".join(sys.argv)},
                         metrics=metrics)
 
-    init_state = None
+    init_state, encoder = None, EncoderConfig()
     if init:
         from deepssim.checkpoint import load_checkpoint
 
         init_model, init_meta = load_checkpoint(init)
-        init_state = init_model.state_dict()
+        init_state, encoder = init_model.state_dict(), init_meta.encoder
         summary["fine_tuned_from"] = init_meta.model_id
         log(f"fine-tuning from {init_meta.model_id}")
-    result = train(train_pool, val_pool, config, log=log, on_best=checkpoint, init_state=init_state)
+    result = train(train_pool, val_pool, config, encoder=encoder, log=log, on_best=checkpoint,
+                   init_state=init_state)
     meta = save_checkpoint(result.model, out_dir / "deepssim-default.pt",
                            training={**summary, **result.config, "best_step": result.best_step,
                                      "steps": result.steps, "seconds": round(result.seconds, 1),
@@ -108,9 +115,42 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
         f"model {meta.model_id}, metrics {json.dumps(result.metrics)}")
 
 
+def with_canonical_flips(pool_path: Path, checkpoint: Path, out_dir: Path) -> None:
+    """``checkpoint``'s weights with canonical flips on, validated on the held-out subjects
+    exactly as ``train`` validates (``make_eval_set`` seed 1234, 1,024 pairs)."""
+    import torch
+
+    from deepssim.checkpoint import load_checkpoint, save_checkpoint
+    from deepssim.model import DeepSSIMEncoder
+    from deepssim.train import TrainConfig, evaluate, make_eval_set
+
+    source, meta = load_checkpoint(checkpoint)
+    model = DeepSSIMEncoder(dataclasses.replace(meta.encoder, canonical_flips=True))
+    model.load_state_dict({**source.state_dict(), "canonical_flips": torch.ones((), dtype=torch.bool)})
+    real = ImageSet.load(pool_path)
+    val_pool = as_pool(real).select_subjects({s for s in set(real.subjects) if is_held_out(s)})
+    metrics = evaluate(model.eval(), make_eval_set(val_pool, TrainConfig().eval_pairs))
+    training = {**meta.training, "weights_from": meta.model_id, "command": " ".join(sys.argv),
+                "note": "weights of weights_from unchanged; canonical flips added (EncoderConfig.canonical_flips)"}
+    new = save_checkpoint(model, out_dir / "deepssim-default.pt", training=training, metrics=metrics)
+    print(f"{new.model_id} (weights of {meta.model_id}, canonical flips on): {json.dumps(metrics)}")
+
+
+def mix_item(text: str) -> tuple[str, float]:
+    """``KIND=WEIGHT`` for ``--mix``; KIND is a :class:`PairMix` field."""
+    kind, _, weight = text.partition("=")
+    if kind not in PairMix.__dataclass_fields__ or not weight:
+        raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT with KIND one of {', '.join(PairMix.__dataclass_fields__)}")
+    return kind, type(getattr(PairMix(), kind))(weight)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("canonical-flips")
+    c.add_argument("pool", type=Path)
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("out_dir", type=Path)
     b = sub.add_parser("build-pool")
     b.add_argument("out", type=Path)
     t = sub.add_parser("train")
@@ -124,12 +164,16 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", type=Path, help="fine-tune from this checkpoint")
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--mix", nargs="+", default=[], metavar="KIND=WEIGHT", type=mix_item,
+                   help="pair-kind weights overriding deepssim.pairs.PairMix, e.g. neighbour=0.35")
     args = ap.parse_args()
     if args.cmd == "build-pool":
         build_pool(args.out)
+    elif args.cmd == "canonical-flips":
+        with_canonical_flips(args.pool, args.checkpoint, args.out_dir)
     else:
         train_model(args.pool, args.out_dir, args.budget, args.device, args.steps, args.batch,
-                    args.phantoms, args.seed, args.init, args.lr)
+                    args.phantoms, args.seed, args.init, args.lr, dict(args.mix))
 
 
 if __name__ == "__main__":
