@@ -7,6 +7,7 @@ refuses a file that does not match (tampered, truncated or swapped weights).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -64,9 +65,13 @@ def save_checkpoint(model, path: str | os.PathLike, training: dict | None = None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # serialised in memory: torch.save to a path names the archive after the file, and the
+    # temporary file's name is random — equal weights must give equal bytes (the model id)
+    payload = io.BytesIO()
+    torch.save(state, payload)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
-    os.close(fd)
-    torch.save(state, tmp)
+    with os.fdopen(fd, "wb") as out:
+        out.write(payload.getvalue())
     os.replace(tmp, path)
     meta = CheckpointMeta(encoder=model.config, sha256=file_sha256(path),
                           training=training or {}, metrics=metrics or {})

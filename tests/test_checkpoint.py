@@ -37,6 +37,8 @@ def test_round_trip_gives_identical_embeddings(saved):
     side = json.loads(sidecar_path(path).read_text())
     assert side["model_id"] == meta.model_id and side["format_version"] == FORMAT_VERSION
     assert not list(path.parent.glob("*.tmp"))  # atomic writes leave no temp files
+    again = save_checkpoint(loaded, path.parent / "again.pt")
+    assert again.model_id == meta.model_id  # the same weights are the same model
 
 
 def test_flipped_byte_is_refused_as_integrity_failure(saved):
