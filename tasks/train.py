@@ -74,16 +74,20 @@ def train_challenger_task(data: dict, champion_path: str, config: dict, out_path
     init, parent = None, None
     if cfg.init != "scratch":
         start, start_meta = (champion, meta) if cfg.init == "champion" else load_checkpoint(cfg.init)
-        if start_meta.encoder != meta.encoder:
-            raise ValueError("the init checkpoint's encoder differs from the champion's")
-        init, parent = start.state_dict(), start_meta.model_id
+        if start_meta.encoder.input_size != meta.encoder.input_size:
+            raise ValueError(f"the init checkpoint's input size ({start_meta.encoder.input_size}) differs from "
+                             f"the champion's ({meta.encoder.input_size}), at which the training data was prepared")
+        # the challenger is the init checkpoint's network (e.g. a newer shipped model over an older champion)
+        init, parent, encoder = start.state_dict(), start_meta.model_id, start_meta.encoder
+    else:
+        encoder = meta.encoder
     train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                             seed=cfg.seed, eval_every=max(1, cfg.eval_every), eval_pairs=min(256, cfg.eval_pairs),
                             time_budget_s=cfg.time_budget_s, device=cfg.device)
     log, artifact = _progress_logger(cfg.steps)
     torch.manual_seed(cfg.seed)
     result = train(as_pool(ImageSet.load(data["train"])), as_pool(ImageSet.load(data["val"])), train_cfg,
-                   encoder=meta.encoder, init_state=init, log=log)
+                   encoder=encoder, init_state=init, log=log)
     update_progress_artifact(artifact_id=artifact, progress=100.0)
     training = {"init": cfg.init if cfg.init in ("champion", "scratch") else "checkpoint", "parent": parent,
                 "steps": result.steps, "best_step": result.best_step, "seconds": round(result.seconds, 1),

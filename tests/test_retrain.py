@@ -130,7 +130,7 @@ def _install_bad_champion(db: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_better_challenger_is_promoted_and_audits_follow_it(db, tmp_path):
-    from deepssim.checkpoint import DEFAULT_MODEL, save_checkpoint
+    from deepssim.checkpoint import DEFAULT_MODEL, read_meta, save_checkpoint
     from deepssim.model import DeepSSIMEncoder
     from deepssim.registry import champion, promote
     from deepssim.store import Store, StoreError
@@ -143,6 +143,10 @@ def test_better_challenger_is_promoted_and_audits_follow_it(db, tmp_path):
     assert result["champion"] == bad
     assert result["promoted"] is True, result["reason"]
     new = result["challenger"]
+    # the challenger is the init checkpoint's network (the shipped model has canonical flips,
+    # the random champion not)
+    assert json.loads(_models(db)[new]["config"]) == json.loads(_models(db)[bad]["config"]) | {
+        "canonical_flips": read_meta(DEFAULT_MODEL).encoder.canonical_flips}
     assert result["reembedded"]["embedded"] == 37
     models = _models(db)
     assert models[new]["status"] == "champion" and models[bad]["status"] == "retired"
