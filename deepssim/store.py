@@ -298,7 +298,8 @@ class Store:
         missing = self.missing_cohort_embeddings(cohort, model_id)
         if len(missing):
             raise StoreError(f"{len(missing)} image(s) of cohort '{cohort}' have no embedding under "
-                             f"model {model_id}: re-embed the cohort first")
+                             f"model {model_id}: re-embed the cohort first (register it again under this model, "
+                             f"or `deepssim model promote {model_id}`)")
         reader = self.con.sql(
             f"SELECT e.embedding FROM images i JOIN {table} e ON e.input_sha256 = i.input_sha256 "
             f"AND e.model_id = $model WHERE i.cohort = $cohort ORDER BY i.image_id",

@@ -31,8 +31,9 @@ def resolve_model_task(db: str, model_path: str | None, wait_s: float) -> dict:
 @task(name="plan-registration", persist_result=False)
 def plan_registration_task(db: str, cohort: str, manifest_path: str, pixels_path: str,
                            model_id: str, wait_s: float) -> dict:
-    """Hash model inputs and find which images are new or changed and which inputs still
-    need an embedding under ``model_id`` (unchanged images embed nothing)."""
+    """Hash model inputs and find which images are new or changed, and which inputs still
+    need an embedding under ``model_id``: new ones, and unchanged ones the model has not
+    embedded yet (a cohort registered under an earlier model, e.g. before an upgrade)."""
     ok = ok_rows(read_manifest(Path(manifest_path)))
     pixels = np.load(pixels_path, mmap_mode="r")
     ok["input_sha256"] = input_sha256(pixels[ok["row"].to_numpy()]) if len(ok) else []
@@ -41,7 +42,7 @@ def plan_registration_task(db: str, cohort: str, manifest_path: str, pixels_path
         known = store.known_embeddings(ok["input_sha256"].tolist(), model_id)
     before = dict(zip(existing["image_id"], existing["input_sha256"]))
     changed = ok[[before.get(i) != h for i, h in zip(ok["image_id"], ok["input_sha256"])]]
-    to_embed = changed.drop_duplicates("input_sha256")
+    to_embed = ok.drop_duplicates("input_sha256")
     to_embed = to_embed[~to_embed["input_sha256"].isin(known)]
     plan_path = Path(manifest_path).with_name("registration_plan.parquet")
     changed.to_parquet(plan_path, index=False)

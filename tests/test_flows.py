@@ -168,3 +168,14 @@ def test_reregistration_embeds_only_new_images(runs, train_dir, extra_train_imag
     added = register_cohort(name=COHORT, paths=[str(grown)], db=runs["db"])
     assert added["embedded"] == 1 and added["new_images"] == 1
     assert added["cohort_images"] == runs["registered"]["cohort_images"] + 1
+
+    # another model (e.g. the shipped one after an upgrade): unchanged images get embedded too
+    from deepssim.checkpoint import save_checkpoint
+    from deepssim.model import DeepSSIMEncoder
+    from deepssim.store import Store
+
+    other = save_checkpoint(DeepSSIMEncoder(), tmp_path / "other.pt")
+    upgraded = register_cohort(name=COHORT, paths=[str(grown)], db=runs["db"], model_path=str(tmp_path / "other.pt"))
+    assert upgraded["new_or_changed"] == 0 and upgraded["embedded"] > 0
+    with Store(runs["db"], read_only=True) as store:
+        assert len(store.missing_cohort_embeddings(COHORT, other.model_id)) == 0
