@@ -1,6 +1,8 @@
 """The DeepSSIM encoder: image -> L2-normalised embedding whose cosine approximates SSIM."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from monai.networks.nets import ResNet
 from torch import nn
@@ -46,6 +48,13 @@ class DeepSSIMEncoder(nn.Module):
         std = images.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
         features = self.backbone((images - mean) / std)
         return nn.functional.normalize(features.float(), dim=1)
+
+
+def with_canonical_flips(model: DeepSSIMEncoder) -> DeepSSIMEncoder:
+    """A copy of ``model`` (same weights) with canonical flips on; saved, it is a new model."""
+    flipped = DeepSSIMEncoder(dataclasses.replace(model.config, canonical_flips=True))
+    flipped.load_state_dict({**model.state_dict(), "canonical_flips": torch.ones((), dtype=torch.bool)})
+    return flipped.to(next(model.parameters()).device).train(model.training)
 
 
 def third_moment(profile: torch.Tensor) -> torch.Tensor:

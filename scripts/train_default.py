@@ -9,13 +9,12 @@ volumes, deepssim_extra_data/) into one npz.  ``train`` adds procedural phantoms
 package image tiles, splits by subject (HELD_OUT below never enters training), trains
 with the DeepSSIM objective and writes ``OUT_DIR/deepssim-default.pt`` + ``.json`` and
 ``OUT_DIR/train_log.txt``.  ``canonical-flips`` writes the same weights with
-``EncoderConfig.canonical_flips`` on (a new model id), validated like ``train`` does.  The shipped weights were produced by the command recorded
-in ``deepssim/models/TRAINING.md``.
+``EncoderConfig.canonical_flips`` on (a new model id), validated like ``train`` does.  The
+shipped weights were produced by the commands recorded in ``deepssim/models/TRAINING.md``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -118,15 +117,12 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
 def with_canonical_flips(pool_path: Path, checkpoint: Path, out_dir: Path) -> None:
     """``checkpoint``'s weights with canonical flips on, validated on the held-out subjects
     exactly as ``train`` validates (``make_eval_set`` seed 1234, 1,024 pairs)."""
-    import torch
-
     from deepssim.checkpoint import load_checkpoint, save_checkpoint
-    from deepssim.model import DeepSSIMEncoder
+    from deepssim.model import with_canonical_flips
     from deepssim.train import TrainConfig, evaluate, make_eval_set
 
     source, meta = load_checkpoint(checkpoint)
-    model = DeepSSIMEncoder(dataclasses.replace(meta.encoder, canonical_flips=True))
-    model.load_state_dict({**source.state_dict(), "canonical_flips": torch.ones((), dtype=torch.bool)})
+    model = with_canonical_flips(source)
     real = ImageSet.load(pool_path)
     val_pool = as_pool(real).select_subjects({s for s in set(real.subjects) if is_held_out(s)})
     metrics = evaluate(model.eval(), make_eval_set(val_pool, TrainConfig().eval_pairs))
@@ -140,7 +136,8 @@ def mix_item(text: str) -> tuple[str, float]:
     """``KIND=WEIGHT`` for ``--mix``; KIND is a :class:`PairMix` field."""
     kind, _, weight = text.partition("=")
     if kind not in PairMix.__dataclass_fields__ or not weight:
-        raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT with KIND one of {', '.join(PairMix.__dataclass_fields__)}")
+        kinds = ", ".join(PairMix.__dataclass_fields__)
+        raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT with KIND one of {kinds}")
     return kind, type(getattr(PairMix(), kind))(weight)
 
 

@@ -9,7 +9,7 @@ import torch
 from deepssim.checkpoint import (DEFAULT_MODEL, FORMAT_VERSION, CheckpointError, file_sha256, load_checkpoint,
                                  read_meta, save_checkpoint, sidecar_path)
 from deepssim.config import EncoderConfig
-from deepssim.model import DeepSSIMEncoder
+from deepssim.model import DeepSSIMEncoder, with_canonical_flips
 from realdata import load_slice as load
 
 SMALL = EncoderConfig(input_size=64, embedding_dim=32, widths=(8, 16, 16, 32))
@@ -119,8 +119,8 @@ def test_canonical_flips_are_part_of_the_model_identity(tmp_path):
     sidecar that disagrees with its weights on it is refused."""
     torch.manual_seed(0)
     plain = DeepSSIMEncoder(SMALL)
-    canonical = DeepSSIMEncoder(EncoderConfig(**{**SMALL.__dict__, "canonical_flips": True}))
-    canonical.load_state_dict({**plain.state_dict(), "canonical_flips": torch.ones((), dtype=torch.bool)})
+    canonical = with_canonical_flips(plain)
+    assert torch.equal(canonical.backbone.fc.weight, plain.backbone.fc.weight)
     meta_plain = save_checkpoint(plain, tmp_path / "plain.pt")
     meta_canonical = save_checkpoint(canonical, tmp_path / "canonical.pt")
     assert meta_plain.model_id != meta_canonical.model_id
