@@ -55,7 +55,7 @@ def is_held_out(name: str) -> bool:
 
 def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, steps: int,
                 batch: int, n_phantoms: int, seed: int, init: Path | None = None, lr: float = 2e-3,
-                mix: dict[str, float] | None = None) -> None:
+                mix: dict[str, float] | None = None, canonical_flips: bool = False) -> None:
     import torch
 
     from deepssim.checkpoint import save_checkpoint
@@ -94,12 +94,15 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
                         training={**summary, "best_step": step, "command": " ".join(sys.argv)},
                         metrics=metrics)
 
-    init_state, encoder = None, EncoderConfig()
+    init_state, encoder = None, EncoderConfig(canonical_flips=canonical_flips)
     if init:
         from deepssim.checkpoint import load_checkpoint
+        from deepssim.model import with_canonical_flips
 
         init_model, init_meta = load_checkpoint(init)
-        init_state, encoder = init_model.state_dict(), init_meta.encoder
+        if canonical_flips and not init_model.config.canonical_flips:
+            init_model = with_canonical_flips(init_model)
+        init_state, encoder = init_model.state_dict(), init_model.config
         summary["fine_tuned_from"] = init_meta.model_id
         log(f"fine-tuning from {init_meta.model_id}")
     result = train(train_pool, val_pool, config, encoder=encoder, log=log, on_best=checkpoint,
@@ -163,6 +166,8 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--mix", nargs="+", default=[], metavar="KIND=WEIGHT", type=mix_item,
                    help="pair-kind weights overriding deepssim.pairs.PairMix, e.g. neighbour=0.35")
+    t.add_argument("--canonical-flips", action="store_true",
+                   help="flip images to a canonical orientation before the network (as the shipped model)")
     args = ap.parse_args()
     if args.cmd == "build-pool":
         build_pool(args.out)
@@ -170,7 +175,7 @@ def main() -> None:
         with_canonical_flips(args.pool, args.checkpoint, args.out_dir)
     else:
         train_model(args.pool, args.out_dir, args.budget, args.device, args.steps, args.batch,
-                    args.phantoms, args.seed, args.init, args.lr, dict(args.mix))
+                    args.phantoms, args.seed, args.init, args.lr, dict(args.mix), args.canonical_flips)
 
 
 if __name__ == "__main__":
