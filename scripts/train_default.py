@@ -53,6 +53,16 @@ def is_held_out(name: str) -> bool:
     return name in HELD_OUT or name.startswith("holdout_")
 
 
+def split_by_subject(images: ImageSet):
+    """``(train_pool, validation_pool, train_subjects, validation_subjects)``: the HELD_OUT
+    subjects validate, all others train — split by subject, never by slice."""
+    names = set(images.subjects)
+    train_names = {s for s in names if not is_held_out(s)}
+    val_names = names - train_names
+    pool = as_pool(images)
+    return pool.select_subjects(train_names), pool.select_subjects(val_names), train_names, val_names
+
+
 def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, steps: int,
                 batch: int, n_phantoms: int, seed: int, init: Path | None = None, lr: float = 2e-3,
                 mix: dict[str, float] | None = None, canonical_flips: bool = False) -> None:
@@ -74,10 +84,7 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
     real = ImageSet.load(pool_path)
     extra = phantoms(n_phantoms, seed=seed).extend(package_image_tiles())
     everything = ImageSet().extend(real).extend(extra)
-    train_names = {s for s in set(everything.subjects) if not is_held_out(s)}
-    val_names = {s for s in set(everything.subjects) if is_held_out(s)}
-    pool = as_pool(everything)
-    train_pool, val_pool = pool.select_subjects(train_names), pool.select_subjects(val_names)
+    train_pool, val_pool, train_names, val_names = split_by_subject(everything)
     summary = {
         "train_images": len(train_pool), "train_subjects": len(train_names),
         "validation_images": len(val_pool), "validation_subjects": sorted(val_names),
@@ -117,7 +124,7 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
         f"model {meta.model_id}, metrics {json.dumps(result.metrics)}")
 
 
-def with_canonical_flips(pool_path: Path, checkpoint: Path, out_dir: Path) -> None:
+def add_canonical_flips(pool_path: Path, checkpoint: Path, out_dir: Path) -> None:
     """``checkpoint``'s weights with canonical flips on, validated on the held-out subjects
     exactly as ``train`` validates (``make_eval_set`` seed 1234, 1,024 pairs)."""
     from deepssim.checkpoint import load_checkpoint, save_checkpoint
@@ -126,8 +133,7 @@ def with_canonical_flips(pool_path: Path, checkpoint: Path, out_dir: Path) -> No
 
     source, meta = load_checkpoint(checkpoint)
     model = with_canonical_flips(source)
-    real = ImageSet.load(pool_path)
-    val_pool = as_pool(real).select_subjects({s for s in set(real.subjects) if is_held_out(s)})
+    _, val_pool, _, _ = split_by_subject(ImageSet.load(pool_path))
     metrics = evaluate(model.eval(), make_eval_set(val_pool, TrainConfig().eval_pairs))
     training = {**meta.training, "weights_from": meta.model_id, "command": " ".join(sys.argv),
                 "note": "weights of weights_from unchanged; canonical flips added (EncoderConfig.canonical_flips)"}
@@ -172,7 +178,7 @@ def main() -> None:
     if args.cmd == "build-pool":
         build_pool(args.out)
     elif args.cmd == "canonical-flips":
-        with_canonical_flips(args.pool, args.checkpoint, args.out_dir)
+        add_canonical_flips(args.pool, args.checkpoint, args.out_dir)
     else:
         train_model(args.pool, args.out_dir, args.budget, args.device, args.steps, args.batch,
                     args.phantoms, args.seed, args.init, args.lr, dict(args.mix), args.canonical_flips)

@@ -71,7 +71,7 @@ def train_challenger_task(data: dict, champion_path: str, config: dict, out_path
 
     cfg = RetrainConfig.from_record(config)
     champion, meta = load_checkpoint(champion_path)
-    init, parent = None, None
+    init, parent, encoder = None, None, meta.encoder
     if cfg.init != "scratch":
         start, start_meta = (champion, meta) if cfg.init == "champion" else load_checkpoint(cfg.init)
         if start_meta.encoder.input_size != meta.encoder.input_size:
@@ -79,8 +79,6 @@ def train_challenger_task(data: dict, champion_path: str, config: dict, out_path
                              f"the champion's ({meta.encoder.input_size}), at which the training data was prepared")
         # the challenger is the init checkpoint's network (e.g. a newer shipped model over an older champion)
         init, parent, encoder = start.state_dict(), start_meta.model_id, start_meta.encoder
-    else:
-        encoder = meta.encoder
     train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                             seed=cfg.seed, eval_every=max(1, cfg.eval_every), eval_pairs=min(256, cfg.eval_pairs),
                             time_budget_s=cfg.time_budget_s, device=cfg.device)
