@@ -1,7 +1,9 @@
 """The audit flow: candidate dataset -> verdicts, gate decision, report, artifacts.
 
-A failed gate ends the flow run in a ``Failed`` state whose message says why (its data is
-the outcome); a pass completes with the outcome.  Any exception is recorded as verdict
+A failed gate ends the flow run in a ``Failed`` state whose message says why and whose result
+is a :class:`GateFailed` exception carrying the outcome (so ``audit(...)`` called directly
+raises it, and Prefect's engine and workers can resolve the state); a pass completes with the
+outcome.  :func:`audit_outcome` reads the outcome from a flow run's state either way.  Any exception is recorded as verdict
 ``error`` (never ``pass``) before the flow run fails.
 """
 from __future__ import annotations
@@ -25,6 +27,29 @@ from .runners import DEFAULT_SHARD_FILES, embed_stage, ingest_stage
 
 EXIT_PASS, EXIT_FAIL, EXIT_NOTHING, EXIT_ERROR = 0, 1, 3, 4
 STALE_OUTPUTS = ("verdicts.csv", "volumes.csv", "quarantine.csv", "report.html")
+
+
+class GateFailed(Exception):
+    """The gate did not pass (``outcome["verdict"]`` says how): the result of the audit's
+    Failed state.  ``outcome`` is the dict a passing audit returns."""
+
+    def __init__(self, message: str, outcome: dict):
+        super().__init__(message, outcome)  # both in args: the exception pickles
+        self.message, self.outcome = message, outcome
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def audit_outcome(state) -> dict:
+    """The outcome dict of a finished ``audit`` flow run's state, whether the gate passed or
+    not; an audit that raised re-raises its exception."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, GateFailed):
+        return result.outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths: dict) -> dict:
@@ -132,7 +157,8 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
 
     Writes verdicts.csv, volumes.csv, quarantine.csv, summary.json and report.html into
     ``out_dir``.  Returns the outcome dict (``exit_code`` 0 pass, 1 fail, 3 nothing
-    auditable); a failing gate returns a Failed state carrying the same dict.
+    auditable); a failing gate returns a Failed state whose result is :class:`GateFailed`
+    carrying the same dict.
     On a Dask task runner ingestion and embedding run as shards of ``shard_files`` files.
     """
     log = get_run_logger()
@@ -159,5 +185,6 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
     outcome = _outcome(summary, files, exit_code)
     log.info("audit %s: %s", summary["run"]["audit_id"], summary["verdict"].upper())
     if exit_code != EXIT_PASS:
-        return Failed(message=_failure_message(summary, paths.get("duplicates") or []), data=outcome)
+        message = _failure_message(summary, paths.get("duplicates") or [])
+        return Failed(message=message, data=GateFailed(message, outcome))
     return outcome

@@ -103,12 +103,16 @@ def _usage_error(exc: Exception | str) -> None:
 
 
 def _run_flow(fn, **kwargs):
-    """Run a flow and return (outcome dict or None, exception or None)."""
+    """Run a flow and return (outcome dict or None, exception or None); a gate that did not
+    pass is an outcome, not an error."""
+    from flows.audit import GateFailed
+
     state = fn(**kwargs, return_state=True)
     try:
-        return state.result(raise_on_failure=False), None
+        result = state.result(raise_on_failure=False)
     except Exception as exc:  # noqa: BLE001 - reported to the user, exit 4
         return None, exc
+    return (result.outcome, None) if isinstance(result, GateFailed) else (result, None)
 
 
 # ----------------------------------------------------------------------------- score

@@ -14,7 +14,7 @@ SAMPLE_DATA = Path(__file__).resolve().parents[1] / "deepssim" / "sample_data"
 
 
 def run_demo(out: Path, sample_data: Path = SAMPLE_DATA) -> dict:
-    from flows.audit import audit
+    from flows.audit import audit, audit_outcome
     from flows.register_cohort import register_cohort
 
     out = Path(out).resolve()
@@ -23,9 +23,7 @@ def run_demo(out: Path, sample_data: Path = SAMPLE_DATA) -> dict:
     register_cohort(name="demo-train", paths=[str(sample_data / "train")], db=db)
     state = audit(candidates=[str(sample_data / "candidates")], cohort="demo-train", out_dir=str(out / "audit"),
                   db=db, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if not isinstance(outcome, dict):
-        raise RuntimeError(f"audit did not produce an outcome: {outcome}")
+    outcome = audit_outcome(state)
     truth = pd.read_csv(sample_data / "truth.csv")
     verdicts = pd.read_csv(out / "audit" / "verdicts.csv")
     planted = truth[truth["kind"] == "planted copy"]["candidate"]

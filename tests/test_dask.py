@@ -54,7 +54,7 @@ def test_unknown_runner_and_stray_address_are_refused():
 def test_dask_audit_gives_same_verdicts_as_default_runner(tmp_path):
     """Register the bundled cohort, audit the bundled candidates twice: default runner and
     Dask LocalCluster (2 processes, shards of 4 files -> several shards)."""
-    from flows.audit import audit
+    from flows.audit import audit, audit_outcome
     from flows.register_cohort import register_cohort
     from flows.runners import with_runner
 
@@ -69,7 +69,7 @@ def test_dask_audit_gives_same_verdicts_as_default_runner(tmp_path):
         flow = with_runner(audit, kind, n_workers=2)
         state = flow(candidates=[str(SAMPLE_DATA / "candidates")], cohort="train", out_dir=str(out), db=db,
                      settings=settings, shard_files=4, return_state=True)
-        assert state.result(raise_on_failure=False)["exit_code"] == 1  # planted copies fail the gate
+        assert audit_outcome(state)["exit_code"] == 1  # planted copies fail the gate
         outs[kind] = pd.read_csv(out / "verdicts.csv").sort_values("image_id").reset_index(drop=True)
     a, b = outs["thread"], outs["dask"]
     assert len(a) == len(list((SAMPLE_DATA / "candidates").iterdir()))

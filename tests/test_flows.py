@@ -61,10 +61,17 @@ def test_registration_stores_every_training_slice(runs, train_dir):
 
 
 def test_audit_flags_copies_and_fails_the_run(runs):
+    from flows.audit import GateFailed, audit_outcome
+
     state, copies = runs["mixed"], runs["copies"]
-    outcome = state.result(raise_on_failure=False)
+    outcome = audit_outcome(state)
     assert state.is_failed()
     assert outcome["exit_code"] == 1 and outcome["verdict"] == "fail"
+    # what `audit(...)` called directly, Prefect's engine and its workers get from the state:
+    # the gate's own exception (a dict result made Prefect raise TypeError instead)
+    with pytest.raises(GateFailed) as failed:
+        state.result()
+    assert failed.value.outcome == outcome and str(failed.value) == state.message
     for copy_id in copies:
         assert copy_id in state.message, state.message
 
@@ -128,8 +135,10 @@ def test_audit_artifacts_carry_ids_not_pixels(runs):
 
 
 def test_audit_of_other_subjects_passes(runs, others_dir):
+    from flows.audit import audit_outcome
+
     state = runs["clean"]
-    outcome = state.result(raise_on_failure=False)
+    outcome = audit_outcome(state)
     assert state.is_completed(), state.message
     assert outcome["exit_code"] == 0 and outcome["verdict"] == "pass"
     verdicts = pd.read_csv(runs["base"] / "clean" / "verdicts.csv")
@@ -142,14 +151,15 @@ def test_audit_of_other_subjects_passes(runs, others_dir):
 
 def test_audits_are_recorded_in_the_store(runs):
     from deepssim.store import Store
+    from flows.audit import audit_outcome
 
     with Store(runs["db"], read_only=True) as store:
         audits = store.audits()
         recorded = dict(zip(audits["audit_id"], audits["verdict"]))
-        mixed_id = runs["mixed"].result(raise_on_failure=False)["audit_id"]
+        mixed_id = audit_outcome(runs["mixed"])["audit_id"]
         results = store.audit_results(mixed_id)
     assert recorded[mixed_id] == "fail"
-    assert recorded[runs["clean"].result(raise_on_failure=False)["audit_id"]] == "pass"
+    assert recorded[audit_outcome(runs["clean"])["audit_id"]] == "pass"
     assert len(results) == len(list(runs["folder"].iterdir()))
 
 

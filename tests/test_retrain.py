@@ -134,7 +134,7 @@ def test_better_challenger_is_promoted_and_audits_follow_it(db, tmp_path):
     from deepssim.model import DeepSSIMEncoder
     from deepssim.registry import champion, promote
     from deepssim.store import Store, StoreError
-    from flows.audit import audit
+    from flows.audit import audit, audit_outcome
     from flows.retrain import retrain
 
     bad = _install_bad_champion(db)
@@ -164,7 +164,7 @@ def test_better_challenger_is_promoted_and_audits_follow_it(db, tmp_path):
 
     state = audit(candidates=[str(SAMPLE / "candidates")], cohort="sample", out_dir=str(tmp_path / "audit"),
                   db=str(db), settings={"verification": {"enabled": False}}, return_state=True)
-    outcome = state.result(raise_on_failure=False)
+    outcome = audit_outcome(state)
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
     assert summary["model"]["model_id"] == new, outcome
     with Store(db) as store:
