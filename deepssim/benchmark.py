@@ -350,7 +350,7 @@ def _verified_topk(data: BenchData) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         from .search import topk_cosine
 
         train_emb, cand_emb = data.embeddings()
-        emb_s, idx = topk_cosine(cand_emb, train_emb, data.verification.top_k)
+        emb_s, idx = topk_cosine(cand_emb, train_emb, data.verification.max_k)
         emb_s, idx = np.asarray(emb_s, np.float64), np.asarray(idx)
         result = verify_neighbours(data.candidates, emb_s, idx, lambda rows: data.train[rows],
                                    data.verification)

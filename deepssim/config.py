@@ -93,7 +93,11 @@ class VerificationConfig:
     """Exact-SSIM verification of the nearest training images after an alignment search.
 
     Only candidates whose embedding score exceeds ``floor`` are verified, against their
-    ``top_k`` nearest training images, so the cost is O(top_k) per candidate.
+    ``top_k`` nearest training images and any further neighbour whose embedding score is
+    within ``margin`` of the candidate's best, ``max_k`` images at most, so the cost is
+    O(max_k) per candidate (O(top_k) unless the neighbours crowd together): the embedding
+    over-scores other slices of one series, so a copy's source can rank below a few slices
+    that look alike (BENCHMARKS.md, "Detection quality").
     ``compare_size``: side (px) at which the alignment is searched; ``refine_steps`` /
     ``full_refine_steps``: continuous rotation/zoom/shift refinement there and at full
     resolution; ``terms``: which SSIM terms are averaged ("ssim" the full reference
@@ -110,6 +114,8 @@ class VerificationConfig:
     enabled: bool = True
     floor: float = 0.45
     top_k: int = 5
+    margin: float = 0.05
+    max_k: int = 15
     rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     compare_size: int = 64
     refine_steps: int = 30
@@ -126,13 +132,24 @@ class VerificationConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"verification workers must be >= 0 (0: one per core), got {self.workers}")
+        if self.top_k < 1 or self.max_k < self.top_k or self.margin < 0:
+            raise ValueError(f"verification needs 1 <= top_k <= max_k and margin >= 0, got top_k={self.top_k}, "
+                             f"max_k={self.max_k}, margin={self.margin}")
+
+    def neighbours_to_verify(self, emb_scores) -> int:
+        """How many of a candidate's neighbours (a sequence of embedding scores, best first)
+        to verify."""
+        crowded = sum(1 for s in emb_scores if s >= emb_scores[0] - self.margin) if len(emb_scores) else 0
+        return min(len(emb_scores), max(self.top_k, min(crowded, self.max_k)))
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Exact cosine top-k search: ``k`` neighbours, blocks of candidates × cohort rows."""
+    """Exact cosine top-k search: ``k`` neighbours, blocks of candidates × cohort rows.
+    Verification checks some of them (``VerificationConfig.top_k`` … ``max_k``), so ``k``
+    caps how far down the ranking a copy's source may sit and still be found."""
 
-    k: int = 5
+    k: int = 15
     candidate_block: int = 4096
     cohort_block: int = 65536
 

@@ -127,7 +127,9 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
 
     Candidates whose best embedding score is below ``config.floor`` are not verified: their
     score is the embedding score.  For the others every one of the top ``config.top_k``
-    (O(k) per candidate) is verified (:func:`deepssim.verify.verify_pair`); the best
+    neighbours, and further ones within ``config.margin`` of the best up to ``config.max_k``
+    (:meth:`VerificationConfig.neighbours_to_verify`; ``emb_index`` must hold that many
+    columns to use them), is verified (:func:`deepssim.verify.verify_pair`); the best
     verification score is fused with the best embedding score by ``config.fusion``
     (:func:`fuse_scores`), and the nearest image is the one verification matched best.
     ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
@@ -147,8 +149,8 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     if not config.enabled:
         return Verified(score, nearest, verified, alignment, ver_score)
     todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
-    k = min(config.top_k, emb_index.shape[1]) if q else 0
-    jobs = ((np.asarray(candidates[i], np.float32), load_references(emb_index[i, :k]), config) for i in todo)
+    jobs = ((np.asarray(candidates[i], np.float32),
+             load_references(emb_index[i, :config.neighbours_to_verify(emb_scores[i])]), config) for i in todo)
     for done, (i, results) in enumerate(zip(todo, ordered_map(_verify_job, jobs, len(todo), config.workers)), 1):
         best = int(np.argmax([r.score for r in results]))
         ver_score[i] = results[best].score

@@ -158,3 +158,40 @@ def test_verification_is_repeatable_to_the_bit():
     runs = [verify_pair(cand, ref) for _ in range(4)]
     assert len({(r.score, r.transform) for r in runs}) == 1, [r.score for r in runs]
 
+
+
+def test_neighbours_to_verify_goes_past_top_k_only_where_scores_crowd():
+    config = VerificationConfig(top_k=5, margin=0.05, max_k=15)
+    crowded = [0.91, 0.90, 0.90, 0.89, 0.88, 0.88, 0.87, 0.865, 0.80, 0.70]
+    assert config.neighbours_to_verify(np.array(crowded)) == 8  # every score >= 0.86
+    assert config.neighbours_to_verify(np.array([0.9, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])) == 5
+    assert config.neighbours_to_verify(np.full(40, 0.9)) == 15  # max_k caps the cost
+    assert config.neighbours_to_verify(np.array([0.9, 0.89, 0.88])) == 3  # fewer were searched
+
+
+@pytest.mark.parametrize("values", [{"top_k": 0}, {"top_k": 6, "max_k": 5}, {"margin": -0.01}])
+def test_inconsistent_neighbour_settings_are_rejected(values):
+    with pytest.raises(ValueError, match="top_k"):
+        VerificationConfig(**values)
+
+
+def test_copy_whose_source_ranks_below_top_k_is_found_when_neighbours_crowd():
+    """A copy's source at rank 7: the embedding over-scores look-alike slices of one series
+    (dev benchmark: a noisy EPI copy's source ranked 7th of 15 near-identical slices).
+    Verification goes down a ranking whose scores crowd within ``margin`` of the best, and
+    stops at ``top_k`` where they do not."""
+    from deepssim.pipeline import verify_neighbours
+
+    source = load("colin27", 90)
+    others = [load(s, z) for s, z in (("colin27", 40), ("nibabel_example4d", 12), ("icbm152_2009_template", 40),
+                                      ("heudiconv_crlab", 15), ("dipy_piesno", 5), ("colin27", 60))]
+    train = np.stack(others + [source])
+    index = np.arange(7)[None, :]
+    crowded = np.array([[0.92, 0.91, 0.91, 0.90, 0.90, 0.89, 0.88]])
+    spread = np.array([[0.92, 0.91, 0.91, 0.90, 0.90, 0.80, 0.79]])
+    cand = disguised_copy(source)[None]
+    config = VerificationConfig(workers=1)
+    found = verify_neighbours(cand, crowded, index, lambda rows: train[rows], config)
+    assert found.score[0] > 0.85 and found.nearest[0] == 6
+    missed = verify_neighbours(cand, spread, index, lambda rows: train[rows], config)
+    assert missed.score[0] < 0.85 and missed.nearest[0] != 6
