@@ -104,15 +104,15 @@ def _usage_error(exc: Exception | str) -> None:
 
 def _run_flow(fn, **kwargs):
     """Run a flow and return (outcome dict or None, exception or None); a gate that did not
-    pass is an outcome, not an error."""
-    from flows.audit import GateFailed
+    pass is an outcome, not an error (:func:`flows.audit.audit_outcome`, which passes any
+    other flow's result through)."""
+    from flows.audit import audit_outcome
 
     state = fn(**kwargs, return_state=True)
     try:
-        result = state.result(raise_on_failure=False)
+        return audit_outcome(state), None
     except Exception as exc:  # noqa: BLE001 - reported to the user, exit 4
         return None, exc
-    return (result.outcome, None) if isinstance(result, GateFailed) else (result, None)
 
 
 # ----------------------------------------------------------------------------- score

@@ -159,7 +159,6 @@ def test_verification_is_repeatable_to_the_bit():
     assert len({(r.score, r.transform) for r in runs}) == 1, [r.score for r in runs]
 
 
-
 def test_neighbours_to_verify_goes_past_top_k_only_where_scores_crowd():
     config = VerificationConfig(top_k=5, margin=0.05, max_k=15)
     crowded = [0.91, 0.90, 0.90, 0.89, 0.88, 0.88, 0.87, 0.865, 0.80, 0.70]
