@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         score, nearest = emb[:, 0].copy(), index[:, 0].copy()
         for i in todo:
             found = [r.score for r in verified[i][:depth]]
-            best = int(np.argmax(found))
+            best = int(np.nanargmax(found))
             score[i], nearest[i] = found[best], index[i, best]
         results[name] = {**evaluate(score, labels, Thresholds()), "source_hit": _source_hit(data, nearest)}
         scores[name] = score

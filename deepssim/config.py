@@ -99,11 +99,12 @@ class VerificationConfig:
     over-scores other slices of one series, so a copy's source can rank below a few slices
     that look alike (BENCHMARKS.md, "Detection quality").
     ``compare_size``: side (px) at which the alignment is searched; ``refine_steps`` /
-    ``full_refine_steps``: continuous rotation/zoom/shift refinement there and at full
-    resolution; ``terms``: which SSIM terms are averaged ("ssim" the full reference
+    ``full_refine_steps``: Gauss–Newton iterations of the rotation/zoom/shift refinement
+    there (and at 32 px) and at full resolution; ``photometric_refine_steps``: iterations
+    of the last refinement, on the photometrically matched images; ``terms``: which SSIM terms are averaged ("ssim" the full reference
     formula, as the labels are defined; "cs" contrast × structure or "s" structure only
     are more lenient: a blend with another image mostly shows in the luminance term); ``smoothing``: common Gaussian smoothing (px) of both images
-    before SSIM; ``blur_sigmas``: blur levels (px) tried on the training image, the copy
+    before SSIM (0: none — smoothing both raised every non-copy's score); ``blur_sigmas``: blur levels (px) tried on the training image, the copy
     may be smoother than its source; ``fusion``: how the verification score and the
     embedding score make the final score ("max" | "verification", see
     ``deepssim.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
@@ -118,10 +119,11 @@ class VerificationConfig:
     max_k: int = 15
     rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     compare_size: int = 64
-    refine_steps: int = 30
-    full_refine_steps: int = 20
+    refine_steps: int = 6
+    full_refine_steps: int = 3
+    photometric_refine_steps: int = 3
     terms: str = "ssim"
-    smoothing: float = 0.7
+    smoothing: float = 0.0
     blur_sigmas: tuple[float, ...] = (0.0, 0.5, 0.8, 1.1, 1.5)
     # the verified score alone found every planted duplicate of the held-out benchmarks
     # (BENCHMARKS.md, "Detection quality"); "max" with the embedding score only added

@@ -129,7 +129,7 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     score is the embedding score.  For the others every one of the top ``config.top_k``
     neighbours, and further ones within ``config.margin`` of the best up to ``config.max_k``
     (:meth:`VerificationConfig.neighbours_to_verify`; ``emb_index`` must hold that many
-    columns to use them), is verified (:func:`deepssim.verify.verify_pair`); the best
+    columns to use them), is verified (:func:`deepssim.verify.verify_candidate`); the best
     verification score is fused with the best embedding score by ``config.fusion``
     (:func:`fuse_scores`), and the nearest image is the one verification matched best.
     ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
@@ -152,7 +152,7 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     jobs = ((np.asarray(candidates[i], np.float32),
              load_references(emb_index[i, :config.neighbours_to_verify(emb_scores[i])]), config) for i in todo)
     for done, (i, results) in enumerate(zip(todo, ordered_map(_verify_job, jobs, len(todo), config.workers)), 1):
-        best = int(np.argmax([r.score for r in results]))
+        best = int(np.nanargmax([r.score for r in results]))  # NaN: a neighbour the search set aside
         ver_score[i] = results[best].score
         score[i] = float(fuse_scores(np.float64(emb_scores[i, 0]), np.float64(ver_score[i]), config.fusion))
         verified[i] = True
@@ -167,10 +167,10 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
 
 def _verify_job(job: tuple[np.ndarray, np.ndarray, VerificationConfig]) -> list:
     """One candidate against its references (runs on a verification worker)."""
-    from .verify import verify_pair
+    from .verify import verify_candidate
 
     candidate, references, config = job
-    return [verify_pair(candidate, r, config) for r in references]
+    return verify_candidate(candidate, references, config)
 
 
 # ----------------------------------------------------------------------------- verdicts

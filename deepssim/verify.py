@@ -11,40 +11,53 @@ training image *if the candidate's nuisances were undone* — the "aligned SSIM"
 labels are defined on.  It is computed in the **candidate's frame** by a forward model
 of the training image:
 
-1. **alignment search** (at ``compare_size`` px, rank-equalised so any monotonic contrast
-   change is irrelevant): the best rotation / zoom of each of the 8 flips/quarter-turns
-   (one seed per symmetry, so a near-symmetric anatomy cannot crowd the true flip out),
-   sub-pixel translation by phase correlation, then continuous refinement (Adam on the
-   normalised cross-correlation) at ``compare_size`` and again at full resolution;
+1. **alignment search** (:func:`_search`), on rank-equalised images (any monotonic
+   contrast change is irrelevant) in local contrast (:func:`_local_contrast`: local
+   structure, as SSIM's structure term sees it, so a large flat region or a replaced patch
+   cannot outvote the anatomy), for all of a candidate's references at once:
+
+   - a coarse grid (8 flips/quarter-turns × ``rotation_degrees`` × ``COARSE_SCALES``) ranked
+     by FFT cross-correlation at ``COARSE_SIZE`` px — the candidate's rotated views are
+     made once and shared by every reference;
+   - every symmetry's best grid point refined by Gauss–Newton (:func:`_gauss_newton`:
+     rotation, zoom and shift with the warp's Jacobian in closed form) at 32 px, the best
+     ``SEEDS_PER_REFERENCE`` again at ``compare_size``;
+   - references whose alignment is far below the best reference's are set aside
+     (``COARSE_MARGIN`` / ``REFERENCE_MARGIN``, at most ``COARSE_REFERENCES`` /
+     ``FULL_REFERENCES`` go on): a crowd of look-alike slices costs like a few.  Their
+     :class:`Alignment` is ``verified=False`` with a NaN score;
+   - the rest refined at full resolution;
 2. the training image is **warped into the candidate's frame** with the transform found
    (the same bilinear resampling that made a geometric copy, so interpolation blur is
    reproduced rather than compared against);
-3. **photometry**: ``log c ≈ a + γ·log r + quadratic(x, y)`` is fitted by least squares
-   (a gamma / window change followed by a smooth coil shading), and the training image
-   is mapped through it;
+3. **photometry**: ``log c ≈ a + γ·log r + quadratic(x, y)`` is fitted by robustly
+   reweighted least squares (a gamma / window change followed by a smooth coil shading;
+   a structural edit's pixels are down-weighted), and the training image is mapped
+   through it; the training image's own photometry is scored too, and the better kept;
 4. **blur**: the mapped image is blurred by each of ``blur_sigmas`` (the copy may be
    smoother than its source) and the best is kept;
 5. **noise**: the candidate's white-noise variance is estimated (robust MAD of a
    Laplacian-difference filter) and subtracted from its local variances inside the SSIM
    formula, so additive noise does not count as a structural difference;
-6. SSIM (``terms``: the full reference formula by default) at full resolution after a
-   common smoothing of ``smoothing`` px, averaged over the windows both images show
-   (pixels outside the warped field of view and saturated candidate pixels — whose
-   structure a window/level change destroyed — are left out; :func:`masked_ssim`).
+6. SSIM (``terms``: the full reference formula by default) at full resolution (after a
+   common smoothing of ``smoothing`` px, none by default), averaged over the windows both
+   images show (pixels outside the warped field of view and saturated candidate pixels —
+   whose structure a window/level change destroyed — are left out; :func:`masked_ssim`);
+7. the best references' alignment is **refined once more on the photometrically matched
+   images** (:func:`_photometric_refine`: the candidate brought into the reference's
+   photometry, the reference blurred to the level found) and re-scored.
 
-It is the maximum over the hypotheses kept and the blur levels, clipped to [-1, 1]: the
-SSIM of the best explanation "the candidate is this training image seen through a
-nuisance transform".  A structural edit (deformation, blend, replaced patch) is none of
-these nuisances and keeps lowering the score, which is what separates *similar* from
-*duplicate* (measured in BENCHMARKS.md, "Detection quality").
+It is the maximum over the hypotheses kept, the two photometries and the blur levels,
+clipped to [-1, 1]: the SSIM of the best explanation "the candidate is this training
+image seen through a nuisance transform".  A structural edit (deformation, blend,
+replaced patch) is none of these nuisances and keeps lowering the score, which is what
+separates *similar* from *duplicate*.  How closely it tracks the aligned SSIM per kind of
+candidate, and what it costs, is measured by ``benchmarks/verify_fidelity.py``
+(BENCHMARKS.md, "Verification").
 
-Cost: the search runs twice (on the images as they are and lightly smoothed, see
-:func:`_hypotheses`), each a coarse ranking of 8 × len(rotation_degrees) ×
-len(COARSE_SCALES) hypotheses at ``COARSE_SIZE`` (32 px) by FFT cross-correlation, 72
-scored refinements at ``compare_size`` and ``refine_steps`` + ``full_refine_steps``
-batched gradient steps on the best ``REFINE_TOP``; then one batched scoring of the 12
-alignments kept per blur level: ~0.5 s per 128 px pair on one core of a shared 2-core
-machine.
+:func:`verify_candidate` verifies one candidate against its k references in one batched
+computation; :func:`verify_pair` is the same with k = 1 (a reference set aside in a batch
+is one whose pair score would not have been the best).
 """
 from __future__ import annotations
 
@@ -58,15 +71,22 @@ import torch.nn.functional as F
 from .config import VerificationConfig
 
 COARSE_SIZE = 32
-REFINE_TOP = 3
-FINE_STEP = 2.0
 COARSE_SCALES = (0.9, 1.0, 1.1)
-FINE_SCALE_STEP = 0.035
+COARSE_REFERENCES = 6  # references refined past the coarse grid, at most
+COARSE_MARGIN = 0.15  # ... and only those whose coarse score is this close to the best's
+SEEDS_PER_REFERENCE = 3  # symmetries per reference refined at compare_size
+ROWS_PER_REFERENCE = 2  # of those, refined again at full resolution and scored
+FULL_REFERENCES = 3  # references taken past the search resolution, at most
+REFERENCE_MARGIN = 0.1  # ... and only those whose search score is this close to the best's
+PHOTOMETRIC_MARGIN = 0.05  # references scoring this close to the best get the photometric refinement
+LOCAL_CONTRAST_SIGMA = 3.0  # px at side 64: the window of the search images' local contrast
 SMOOTH_SIGMA = 0.7  # smoothing (px at compare_size) of the images the search compares
 MAX_SHIFT_FRACTION = 0.25
 SEARCH_DENOISE = 1.0  # smoothing (full-resolution px) before rank equalisation, which would magnify noise
 FULL_REFINE_SIGMA = 1.0  # smoothing (full-resolution px) of the full-resolution refinement
-POLISH_ROUNDS = 8  # rounds of the pattern search on the final score
+# the two searches: (smoothing in px, intensity bins) before rank equalisation
+SEARCH_VARIANTS = ((0.0, 4096), (SEARCH_DENOISE, 4096))
+MAX_STEP = torch.tensor([2.0, 0.03, 1.5, 1.5])  # one refinement step: degrees, log zoom, dy, dx (px)
 SATURATED = 1 - 0.5 / 255  # candidate pixels at or above this lost their structure to clipping
 MAX_LOG_FIELD = 2.0  # the shading fitted is at most exp(±2), the range of the benchmark's bias fields
 
@@ -89,6 +109,7 @@ class Alignment:
     shift: tuple[float, float] = (0.0, 0.0)
     blur_sigma: float = 0.0
     noise_sd: float = 0.0
+    verified: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,13 +165,6 @@ def _dihedral(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
     return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
 
 
-def _undo_dihedral(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
-    """Inverse of :func:`_dihedral`."""
-    if turns:
-        x = torch.rot90(x, -turns, dims=(-2, -1))
-    return x.flip(-1) if flip else x
-
-
 _BASE_GRIDS: dict[int, torch.Tensor] = {}
 
 
@@ -197,43 +211,31 @@ def _affine(x: torch.Tensor, degrees: torch.Tensor, scale: torch.Tensor,
     return _sample(x, _theta(degrees, scale, shift, x.shape[-1]))
 
 
+_DIHEDRAL_MATRICES: dict[tuple[bool, int], torch.Tensor] = {}
+
+
+def _dihedral_matrix(flip: bool, turns: int) -> torch.Tensor:
+    """(2, 2) matrix A with ``_dihedral(x)(u) = x(A u)`` in normalised pixel-centre
+    coordinates (a signed permutation, exact on the pixel grid), read off the function
+    itself so the two can never disagree."""
+    if (flip, turns) not in _DIHEDRAL_MATRICES:
+        coords = _base_grid(4)[:, :2].T.reshape(1, 2, 4, 4)
+        moved = _dihedral(coords, flip, turns).reshape(2, -1)
+        _DIHEDRAL_MATRICES[flip, turns] = torch.linalg.lstsq(coords.reshape(2, -1).T, moved.T).solution.T.round()
+    return _DIHEDRAL_MATRICES[flip, turns]
+
+
 def _reference_in_candidate_frame(reference: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
                                   scales: torch.Tensor, shifts: torch.Tensor
                                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse of each hypothesis' candidate -> reference mapping applied to the
-    reference (1, 1, S, S): (H, 1, S, S) images in the candidate's frame and their masks
-    of pixels the reference covers.  ``shifts`` (H, 2) in full-resolution pixels."""
+    reference (1 or H, 1, S, S): (H, 1, S, S) images in the candidate's frame and their
+    masks of pixels the reference covers, in one resampling (the flip/turn is folded into
+    the affine map).  ``shifts`` (H, 2) in full-resolution pixels."""
     theta = _theta(degrees, scales, shifts, reference.shape[-1])
     inverse = torch.linalg.inv(theta[:, :, :2])
-    warped, valid = _sample(reference, torch.cat([inverse, -inverse @ theta[:, :, 2:]], 2))
-    undo = [( _undo_dihedral(warped[i:i + 1], h.flip, h.turns), _undo_dihedral(valid[i:i + 1], h.flip, h.turns))
-            for i, h in enumerate(hyps)]
-    return torch.cat([w for w, _ in undo]), torch.cat([v for _, v in undo])
-
-
-def _phase_shift(reference: torch.Tensor, moving: torch.Tensor, max_shift: float) -> torch.Tensor:
-    """Translation (B, 2) in pixels (dy, dx) that moves each ``moving`` onto ``reference``,
-    by phase correlation with a parabolic sub-pixel peak; both (B, 1, S, S)."""
-    size = reference.shape[-1]
-    fr = torch.fft.rfft2(reference - reference.mean(dim=(-2, -1), keepdim=True))
-    fm = torch.fft.rfft2(moving - moving.mean(dim=(-2, -1), keepdim=True))
-    cross = fr * fm.conj()
-    corr = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-9), s=(size, size))[:, 0]
-    freq = torch.fft.fftfreq(size) * size  # signed pixel offsets
-    bad = (freq.abs() > max_shift)
-    corr = corr.masked_fill(bad.view(1, -1, 1) | bad.view(1, 1, -1), -1e9)
-    flat = corr.flatten(1).argmax(1)
-    iy, ix = flat // size, flat % size
-    b = torch.arange(corr.shape[0])
-
-    def subpixel(c_minus, c0, c_plus):
-        denom = c_minus - 2 * c0 + c_plus
-        return torch.where(denom.abs() > 1e-12, 0.5 * (c_minus - c_plus) / denom,
-                           torch.zeros_like(c0)).clamp(-0.5, 0.5)
-
-    dy = freq[iy] + subpixel(corr[b, (iy - 1) % size, ix], corr[b, iy, ix], corr[b, (iy + 1) % size, ix])
-    dx = freq[ix] + subpixel(corr[b, iy, (ix - 1) % size], corr[b, iy, ix], corr[b, iy, (ix + 1) % size])
-    return torch.stack([dy, dx], 1)
+    undo = torch.stack([torch.linalg.inv(_dihedral_matrix(h.flip, h.turns)) for h in hyps])
+    return _sample(reference, torch.cat([inverse @ undo, -inverse @ theta[:, :, 2:]], 2))
 
 
 def _quadratic_basis(size: int) -> torch.Tensor:
@@ -241,6 +243,41 @@ def _quadratic_basis(size: int) -> torch.Tensor:
     lin = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
     return torch.stack([torch.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy]).flatten(1).T
+
+
+_BASIS_PRODUCTS: dict[int, torch.Tensor] = {}
+ROBUST_ROUNDS = 5  # reweighted refits of the intensity map
+MEDIAN_STRIDE = 7  # the residuals' scale is the median of every 7th pixel's (a sort of 16k costs)
+
+
+def _masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Median of each row of (B, N) ``x`` over its ``mask``ed entries, (B, 1) (0 where
+    the mask is empty)."""
+    ordered = torch.where(mask, x, torch.full_like(x, float("inf"))).sort(1).values
+    count = mask.sum(1, keepdim=True)
+    middle = ((count - 1).clamp_min(0) // 2)
+    return torch.where(count > 0, ordered.gather(1, middle), torch.zeros_like(middle, dtype=x.dtype))
+
+
+def _weighted_least_squares(x: torch.Tensor, basis: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
+                            ) -> torch.Tensor:
+    """Per row b, the coefficients (B, 1 + P) minimising ``sum w·(y - c0·x - basis @ c)²``
+    for x, y, w (B, N) and a shared basis (N, P), from the normal equations: their
+    basis × basis block is one (B, N) @ (N, P²) product instead of a (B, N, 1 + P) design.
+    Sums in float64: in float32 the solution moved in the 6th decimal with the batch."""
+    size = basis.shape[0]
+    if size not in _BASIS_PRODUCTS:
+        _BASIS_PRODUCTS[size] = (basis[:, :, None] * basis[:, None, :]).flatten(1).double()
+    p = basis.shape[1]
+    w, x, y, basis = weight.double(), x.double(), y.double(), basis.double()
+    wx = w * x
+    system = torch.empty(w.shape[0], p + 1, p + 1, dtype=torch.float64)
+    system[:, 0, 0] = (wx * x).sum(1)
+    system[:, 0, 1:] = system[:, 1:, 0] = wx @ basis
+    system[:, 1:, 1:] = (w @ _BASIS_PRODUCTS[size]).view(-1, p, p)
+    rhs = torch.cat([(wx * y).sum(1, keepdim=True), (w * y) @ basis], 1)
+    system = system + 1e-9 * torch.eye(p + 1, dtype=torch.float64)
+    return torch.linalg.solve(system, rhs.unsqueeze(2))[..., 0].float()
 
 
 def photometric_fit(candidate: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor,
@@ -256,27 +293,36 @@ def photometric_fit(candidate: torch.Tensor, reference: torch.Tensor, valid: tor
     Args: candidate (B or 1, 1, S, S) and reference (B, 1, S, S) in [0, 1]; valid
     (B, 1, S, S) bool.  Returns (B, 1, S, S); a reference with too few usable pixels
     is returned unchanged."""
+    gamma, field, enough = _photometric_coefficients(candidate, reference, valid, floor)
+    r = reference.flatten(1)
+    mapped = torch.exp(gamma * torch.log(r.clamp_min(1e-6)) + field).clamp(0, 1).view_as(reference)
+    return torch.where(enough.view(-1, 1, 1, 1), mapped, reference)
+
+
+def _photometric_coefficients(candidate: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor,
+                              floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fit of :func:`photometric_fit`: gamma (B, 1), log shading field including the
+    offset (B, S²), and whether enough pixels were usable (B,)."""
     n, size = reference.shape[0], reference.shape[-1]
     basis = _quadratic_basis(size)
-    c_all = candidate.expand(n, -1, -1, -1).flatten(1)
-    out = []
-    for i in range(n):
-        c, r = c_all[i], reference[i, 0].flatten()
-        use = valid[i, 0].flatten() & (c > floor) & (r > floor) & (c < SATURATED)
-        if int(use.sum()) < 8 * basis.shape[1]:
-            out.append(reference[i:i + 1])
-            continue
-        design = torch.cat([torch.log(r.clamp_min(1e-4)).unsqueeze(1), basis], 1)
-        weight = r[use].unsqueeze(1)
-        # float64: LAPACK's float32 result varies by ~1e-6 from call to call with its
-        # workspace, which made repeated audits differ in the 6th decimal
-        coef = torch.linalg.lstsq((design[use] * weight).double(),
-                                  (torch.log(c[use]).unsqueeze(1) * weight).double()).solution[:, 0].float()
-        gamma = coef[0].clamp(0.3, 3.0)
-        field = (basis @ coef[1:]).clamp(-MAX_LOG_FIELD, MAX_LOG_FIELD)
-        mapped = torch.exp(gamma * torch.log(r.clamp_min(1e-6)) + field).clamp(0, 1)
-        out.append(mapped.view(1, 1, size, size))
-    return torch.cat(out)
+    c = candidate.expand(n, -1, -1, -1).flatten(1)
+    r = reference.flatten(1)
+    use = valid.flatten(1) & (c > floor) & (r > floor) & (c < SATURATED)
+    log_r, log_c = torch.log(r.clamp_min(1e-4)), torch.log(c.clamp_min(1e-4))
+    weight = (r * use) ** 2
+    coef = _weighted_least_squares(log_r, basis, log_c, weight)
+    for round_ in range(ROBUST_ROUNDS):
+        # robust reweighting, Cauchy then Tukey's biweight (which rejects outright): a
+        # structural edit (replaced patches, a blended-in image) must not pull the
+        # intensity map fitted to the rest of the image
+        residual = (log_c - coef[:, :1] * log_r - coef[:, 1:] @ basis.T) * use
+        scale = _masked_median(residual.abs()[:, ::MEDIAN_STRIDE], use[:, ::MEDIAN_STRIDE]).clamp_min(1e-3) * 1.4826
+        u = residual / scale
+        robust = 1 / (1 + (u / 2.385) ** 2) if round_ < 2 else (1 - (u / 4.685) ** 2).clamp_min(0) ** 2
+        coef = _weighted_least_squares(log_r, basis, log_c, weight * robust)
+    gamma = coef[:, :1].clamp(0.3, 3.0)
+    field = (coef[:, 1:] @ basis.T).clamp(-MAX_LOG_FIELD, MAX_LOG_FIELD)
+    return gamma, field, use.sum(1) >= 8 * basis.shape[1]
 
 
 def noise_sd(image: torch.Tensor, valid: torch.Tensor | None = None) -> float:
@@ -361,77 +407,257 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
     return (s * inside).sum(dim=(1, 2, 3)) / inside.sum(dim=(1, 2, 3)).clamp_min(1.0)
 
 
+# --------------------------------------------------------------------------- hypotheses
+
+@dataclass(frozen=True)
+class _Rows:
+    """Alignment hypotheses of one candidate against several references, one per row.
+
+    ``ref`` (R,) index into the references, ``dihedral`` (R,) index into ``DIHEDRAL``,
+    ``variant`` (R,) index into ``SEARCH_VARIANTS``, ``degrees`` (R,), ``scales`` (R,) and
+    ``shifts`` (R, 2) pixels (dy, dx) at the side the rows were last refined at: the
+    mapping from the reference frame to the flipped/turned candidate (:func:`_theta`)."""
+
+    ref: torch.Tensor
+    dihedral: torch.Tensor
+    variant: torch.Tensor
+    degrees: torch.Tensor
+    scales: torch.Tensor
+    shifts: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> "_Rows":
+        return _Rows(self.ref[index], self.dihedral[index], self.variant[index], self.degrees[index],
+                     self.scales[index], self.shifts[index])
+
+    def with_geometry(self, degrees: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor) -> "_Rows":
+        return _Rows(self.ref, self.dihedral, self.variant, degrees, scales, shifts)
+
+    def rescaled(self, factor: float) -> "_Rows":
+        return self.with_geometry(self.degrees, self.scales, self.shifts * factor)
+
+    @staticmethod
+    def cat(parts: list["_Rows"]) -> "_Rows":
+        return _Rows(*(torch.cat([getattr(p, name) for p in parts])
+                       for name in ("ref", "dihedral", "variant", "degrees", "scales", "shifts")))
+
+    def hypothesis(self, i: int) -> _Hypothesis:
+        flip, turns = DIHEDRAL[int(self.dihedral[i])]
+        return _Hypothesis(flip, turns, float(self.degrees[i]), float(self.scales[i]))
+
+    def __len__(self) -> int:
+        return int(self.ref.shape[0])
+
+
+def _dihedral_views(x: torch.Tensor) -> torch.Tensor:
+    """(1, 1, s, s) -> (8, 1, s, s): the image under each symmetry of ``DIHEDRAL``."""
+    return torch.cat([_dihedral(x, f, k) for f, k in DIHEDRAL])
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-norm (..., s, s) images."""
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    return x / x.flatten(-2).norm(dim=-1).clamp_min(1e-9)[..., None, None]
+
+
 # --------------------------------------------------------------------------- search stages
 
-def _angles(hyps: list[_Hypothesis]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid rotations (H,) in degrees and zooms (H,) of the hypotheses."""
-    return (torch.tensor([h.degrees for h in hyps], dtype=torch.float32),
-            torch.tensor([h.scale for h in hyps], dtype=torch.float32))
+@dataclass(frozen=True)
+class _SearchImages:
+    """Rank-equalised search images of one candidate and its k references, per search
+    variant (``SEARCH_VARIANTS``), at full resolution (V, 1, S, S) / (V, k, 1, S, S) and
+    at each side of ``pyramid`` smoothed by ``SMOOTH_SIGMA``: the candidate under each
+    symmetry (V, 8, 1, s, s) and the references (V, k, 1, s, s)."""
+
+    cand: torch.Tensor
+    refs: torch.Tensor
+    pyramid: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _turned(candidate: torch.Tensor, hyps: list[_Hypothesis]) -> torch.Tensor:
-    """(1, 1, s, s) -> (H, 1, s, s): the flip/turn of each hypothesis applied."""
-    return torch.cat([_dihedral(candidate, h.flip, h.turns) for h in hyps])
+def _local_contrast(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 1, s, s) images with their local mean removed and divided by their local
+    standard deviation (Gaussian windows of ``sigma`` px; a floor of a tenth of the image's
+    standard deviation keeps flat regions flat): local structure, as SSIM's structure
+    term sees it, whatever the local brightness and contrast."""
+    mean = _gaussian_blur(x, sigma)
+    var = (_gaussian_blur(x * x, sigma) - mean * mean).clamp_min(0)
+    floor = (0.1 * x.flatten(1).std(1)).view(-1, 1, 1, 1) ** 2
+    return (x - mean) / (var + floor).sqrt()
 
 
-def _stage(candidate: torch.Tensor, reference: torch.Tensor, hyps: list[_Hypothesis],
-           sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score every hypothesis at the resolution of the inputs (both (1, 1, s, s),
-    rank-equalised): the SSIM of the smoothed images after the hypothesis' rotation/zoom
-    and the phase-correlation shift.  Returns scores (H,) and shifts (H, 2) in pixels."""
-    size = reference.shape[-1]
-    turned = _turned(candidate, hyps)
-    degrees, scales = _angles(hyps)
-    rotated, _ = _affine(turned, degrees, scales)
-    shifts = _phase_shift(reference.expand_as(rotated), rotated, MAX_SHIFT_FRACTION * size)
-    warped, valid = _affine(turned, degrees, scales, shifts)
-    views = _gaussian_blur(warped, sigma)
-    ref_view = _gaussian_blur(reference, sigma).expand_as(views)
-    return masked_ssim(views, ref_view, valid), shifts
+def _search_view(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Search image at ``side`` of rank-equalised (B, 1, S, S): smoothed, then in local
+    contrast (:func:`_local_contrast`)."""
+    return _local_contrast(_gaussian_blur(_resize(x, side), SMOOTH_SIGMA), LOCAL_CONTRAST_SIGMA * side / 64)
 
 
-def _coarse_scores(candidate: torch.Tensor, reference: torch.Tensor,
-                   hyps: list[_Hypothesis]) -> torch.Tensor:
-    """Cheap ranking of many hypotheses: the peak normalised cross-correlation (over shifts
-    within ``MAX_SHIFT_FRACTION``) of each rotated candidate with the reference, by FFT.
-    Inputs (1, 1, s, s); returns (H,) in [-1, 1]."""
-    size = reference.shape[-1]
-    turned = _turned(candidate, hyps)
-    degrees, scales = _angles(hyps)
-    rotated, _ = _affine(turned, degrees, scales)
-
-    def unit(x):
-        x = x - x.mean(dim=(-2, -1), keepdim=True)
-        return x / x.flatten(1).norm(dim=1).clamp_min(1e-9).view(-1, 1, 1, 1)
-
-    corr = torch.fft.irfft2(torch.fft.rfft2(unit(reference)) * torch.fft.rfft2(unit(rotated)).conj(),
-                            s=(size, size))[:, 0]
-    freq = (torch.fft.fftfreq(size) * size).abs() > MAX_SHIFT_FRACTION * size
-    corr = corr.masked_fill(freq.view(1, -1, 1) | freq.view(1, 1, -1), -1.0)
-    return corr.flatten(1).amax(1)
+def _search_images(cand: torch.Tensor, refs: torch.Tensor, sides: tuple[int, ...]) -> _SearchImages:
+    cands = [_equalise(_gaussian_blur(cand, sigma), bins) for sigma, bins in SEARCH_VARIANTS]
+    refses = [_equalise(_gaussian_blur(refs, sigma), bins) for sigma, bins in SEARCH_VARIANTS]
+    pyramid = {side: (torch.stack([_dihedral_views(_search_view(c, side)) for c in cands]),
+                      torch.stack([_search_view(r, side) for r in refses]))
+               for side in sides}
+    return _SearchImages(torch.cat(cands), torch.stack(refses), pyramid)
 
 
-def _coarse_hypotheses(config: VerificationConfig) -> list[_Hypothesis]:
-    return [_Hypothesis(f, k, float(d), sc) for f, k in DIHEDRAL for d in config.rotation_degrees
-            for sc in COARSE_SCALES]
+def _coarse_grid(config: VerificationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotations (G,) and zooms (G,) of the coarse grid (one grid per symmetry)."""
+    grid = [(float(d), s) for d in config.rotation_degrees for s in COARSE_SCALES]
+    return torch.tensor([d for d, _ in grid]), torch.tensor([s for _, s in grid])
 
 
-def _seeds(hyps: list[_Hypothesis], scores: torch.Tensor) -> list[_Hypothesis]:
-    """The best-scoring hypothesis of each of the 8 symmetries: a near-symmetric anatomy
-    (a brain's two hemispheres) makes the wrong flip score almost as well as the right one
-    at coarse resolution, and must not crowd it out of the refinement."""
-    best: dict[tuple[bool, int], int] = {}
-    for i, h in enumerate(hyps):
-        key = (h.flip, h.turns)
-        if key not in best or scores[i] > scores[best[key]]:
-            best[key] = i
-    return [hyps[i] for i in best.values()]
+def _coarse_seeds(images: _SearchImages, config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
+    """Rank every symmetry × rotation × zoom of the grid for every reference by the peak
+    normalised cross-correlation over shifts (FFT, at ``COARSE_SIZE``; the candidate's
+    rotated views are made once and shared by all references), and keep for each
+    reference and each of the 8 symmetries its best grid point, from the search variant
+    that scored it higher.  A near-symmetric anatomy (a brain's two hemispheres, a
+    blurry EPI slice) makes a wrong symmetry score as well as the right one at this
+    resolution: every symmetry goes on to the refinement, which decides.
+    Returns the seed rows (8 per reference, shifts in pixels at ``COARSE_SIZE``) and
+    their coarse scores (8k,)."""
+    degrees, scales = _coarse_grid(config)
+    g = len(degrees)
+    n_variants, k = images.refs.shape[:2]
+    size = COARSE_SIZE
+    views, refs = images.pyramid[size]
+    rotated, _ = _affine(views.flatten(0, 1).repeat_interleave(g, 0), degrees.repeat(8 * n_variants),
+                         scales.repeat(8 * n_variants))
+    cand_f = torch.fft.rfft2(_unit(rotated)).view(n_variants, 1, 8 * g, size, size // 2 + 1)
+    ref_f = torch.fft.rfft2(_unit(refs)).view(n_variants, k, 1, size, -1)
+    corr = torch.fft.irfft2(ref_f * cand_f.conj(), s=(size, size))
+    far = (torch.fft.fftfreq(size) * size).abs() > MAX_SHIFT_FRACTION * size
+    corr = corr.masked_fill(far.view(-1, 1) | far.view(1, -1), -1.0)
+    scores, peak = corr.flatten(-2).max(-1)
+    scores, peak = scores.view(n_variants, k, 8, g), peak.view(n_variants, k, 8, g)
+    best_grid, grid_index = scores.max(-1)                     # (V, k, 8)
+    per_symmetry, variant = best_grid.max(0)                   # (k, 8)
+    ref = torch.arange(k).repeat_interleave(8)
+    dihedral = torch.arange(8).repeat(k)
+    seed_scores = per_symmetry.flatten()
+    variant = variant[ref, dihedral]
+    point = grid_index[variant, ref, dihedral]
+    at = peak[variant, ref, dihedral, point]
+    offsets = torch.fft.fftfreq(size) * size  # the peak's signed shift, in the convention of _theta
+    shifts = torch.stack([offsets[at // size], offsets[at % size]], 1)
+    rows = _Rows(ref, dihedral, variant, degrees[point], scales[point], shifts)
+    return rows, seed_scores
 
 
-def _fine_hypotheses(seeds: list[_Hypothesis]) -> list[_Hypothesis]:
-    return [_Hypothesis(s.flip, s.turns, s.degrees + dd, round(s.scale + ds, 3))
-            for s in seeds for dd in (-FINE_STEP, 0.0, FINE_STEP)
-            for ds in (-FINE_SCALE_STEP, 0.0, FINE_SCALE_STEP)]
+def _image_gradients(x: torch.Tensor) -> torch.Tensor:
+    """(R, 1, s, s) -> (R, 2, s, s): d/dx and d/dy in pixels (central differences)."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+    gy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    return torch.cat([gx, gy], 1)
+
+
+def _gauss_newton(moving: torch.Tensor, target: torch.Tensor, rows: _Rows, iterations: int) -> _Rows:
+    """Refine the rotation, zoom and shift of each row so that ``moving`` (R, 1, s, s)
+    sampled through them (:func:`_affine`) matches ``target`` (R, 1, s, s) up to a gain and
+    an offset: Levenberg–Marquardt on the least squares over the pixels sampled inside,
+    with the warp's Jacobian in closed form.  It converges in a few iterations from a grid
+    point (where a gradient ascent needed tens of steps).  A step is at most ``MAX_STEP``
+    (the linearisation holds only near the start) and is taken only where it raises the
+    row's normalised cross-correlation — not merely lowers the residual, which a warp
+    that slides onto a flat region also does; otherwise that row's damping is raised.
+    Shifts in pixels at side s."""
+    size = moving.shape[-1]
+    stack = torch.cat([moving, _image_gradients(moving) * (size / 2)], 1)  # d/d(normalised coordinate)
+    target = target.flatten(1)
+    params = torch.stack([rows.degrees, torch.log(rows.scales), rows.shifts[:, 0], rows.shifts[:, 1]], 1)
+    system, rhs, ncc = _linearised(stack, target, params)
+    damping = torch.full((len(rows), 1, 1), 1e-3, dtype=torch.float64)
+    eye = torch.eye(6, dtype=torch.float64)
+    for _ in range(max(0, iterations)):
+        lhs = system + damping * torch.diag_embed(system.diagonal(dim1=1, dim2=2)) + 1e-9 * eye
+        step = torch.nan_to_num(torch.linalg.solve(lhs, rhs.unsqueeze(2))[:, :4, 0].float())
+        trial = params + torch.maximum(torch.minimum(step, MAX_STEP), -MAX_STEP)
+        trial_system, trial_rhs, trial_ncc = _linearised(stack, target, trial)
+        better = trial_ncc > ncc
+        params = torch.where(better[:, None], trial, params)
+        system = torch.where(better[:, None, None], trial_system, system)
+        rhs = torch.where(better[:, None], trial_rhs, rhs)
+        ncc = torch.where(better, trial_ncc, ncc)
+        damping = torch.where(better[:, None, None], damping / 3, damping * 10)
+    return rows.with_geometry(params[:, 0], torch.exp(params[:, 1]), params[:, 2:])
+
+
+def _linearised(stack: torch.Tensor, target: torch.Tensor, params: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """At ``params`` (R, 4) = (degrees, log zoom, dy, dx): the normal equations (R, 6, 6)
+    and right-hand side (R, 6), in float64, of the residual left by a least-squares gain
+    and offset, in (degrees, log zoom, dy, dx, gain, offset), and the normalised
+    cross-correlation over the valid pixels (R,).  ``stack``: (R, 3, s, s) the moving image and its gradients in
+    normalised coordinates; ``target``: (R, s²)."""
+    size = stack.shape[-1]
+    degrees, log_scale = params[:, 0], params[:, 1]
+    theta = _theta(degrees, torch.exp(log_scale), params[:, 2:], size)
+    grid = _base_grid(size) @ theta.transpose(1, 2)                       # (R, N, 2)
+    n = grid.shape[0]
+    sampled = F.grid_sample(stack, grid.view(n, size, size, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False).flatten(2)               # (R, 3, N)
+    valid = (grid.abs() <= 1 - 1 / size + 1e-6).all(-1).to(sampled.dtype)  # (R, N)
+    warped = sampled[:, 0]
+    count = valid.sum(1).clamp_min(1.0)
+    mw, mt = (warped * valid).sum(1) / count, (target * valid).sum(1) / count
+    dw, dt = (warped - mw[:, None]) * valid, (target - mt[:, None]) * valid
+    gain = (dw * dt).sum(1) / (dw * dw).sum(1).clamp_min(1e-12)
+    res = dt - gain[:, None] * dw
+    ncc = (dw * dt).sum(1) / ((dw * dw).sum(1) * (dt * dt).sum(1)).sqrt().clamp_min(1e-12)
+    gx, gy = grid[..., 0], grid[..., 1]
+    cos = (torch.cos(degrees * math.pi / 180) / torch.exp(log_scale))[:, None].expand_as(gx)
+    sin = (torch.sin(degrees * math.pi / 180) / torch.exp(log_scale))[:, None].expand_as(gx)
+    k, rad = 2.0 / size, math.pi / 180
+    # d(grid)/d(parameter): the closed form of _theta's mapping
+    dgx = torch.stack([-gy * rad, -gx, sin * k, -cos * k], -1)
+    dgy = torch.stack([gx * rad, -gy, -cos * k, -sin * k], -1)
+    jac = sampled[:, 1, :, None] * dgx + sampled[:, 2, :, None] * dgy     # (R, N, 4)
+    design = torch.cat([gain[:, None, None] * jac, warped[..., None], torch.ones_like(warped)[..., None]], -1)
+    design = design * valid[..., None]
+    system = (design.transpose(1, 2) @ design).double()
+    return system, (design.transpose(1, 2) @ res.unsqueeze(2))[..., 0].double(), ncc
+
+
+def _warp_rows(views: torch.Tensor, targets: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the candidate view ``views[variant, dihedral]`` (V, 8, 1, s, s) and the
+    reference ``targets[variant, ref]`` (V, k, 1, s, s): (R, 1, s, s) each."""
+    return views[rows.variant, rows.dihedral], targets[rows.variant, rows.ref]
+
+
+def _refine(images: _SearchImages, rows: _Rows, side: int, from_side: int, iterations: int
+            ) -> tuple[_Rows, torch.Tensor]:
+    """Gauss–Newton refinement of the rows (shifts in pixels at ``from_side``) on the
+    search images at ``side``; returns the rows (shifts at ``side``) and their masked
+    NCC there (R,)."""
+    views, targets = images.pyramid[side]
+    rows = rows.rescaled(side / from_side)
+    moving, target = _warp_rows(views, targets, rows)
+    rows = _gauss_newton(moving, target, rows, iterations)
+    warped, valid = _affine(moving, rows.degrees, rows.scales, rows.shifts)
+    return rows, _masked_ncc(warped, target, valid)
+
+
+def _select(rows: _Rows, scores: torch.Tensor, per_reference: int, references: int, margin: float,
+            k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the rows worth refining further: the best ``per_reference`` rows of each
+    of the references whose best score is within ``margin`` of the best reference's (at
+    most ``references`` of them).  Also returns each reference's best score (k,), NaN for
+    references without rows (``k``: the number of references, default the largest index
+    present + 1)."""
+    k = k if k is not None else (int(rows.ref.max()) + 1 if len(rows) else 0)
+    best = torch.full((k,), float("nan"))
+    for j in range(k):
+        mine = scores[rows.ref == j]
+        if len(mine):
+            best[j] = mine.max()
+    order = torch.nan_to_num(best, nan=-2.0).argsort(descending=True)
+    top = float(best[order[0]]) if k else 0.0
+    keep_refs = [int(j) for j in order[:references] if float(best[j]) >= top - margin]
+    keep = []
+    for j in keep_refs:
+        mine = torch.nonzero(rows.ref == j).flatten()
+        keep.append(mine[scores[mine].argsort(descending=True)[:per_reference]])
+    return (torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)), best
 
 
 def describe(h: _Hypothesis, shift: tuple[float, float], blur_sigma: float = 0.0, noise: float = 0.0) -> str:
@@ -455,17 +681,24 @@ def describe(h: _Hypothesis, shift: tuple[float, float], blur_sigma: float = 0.0
     return ", ".join(parts)
 
 
-def _equalise(x: torch.Tensor) -> torch.Tensor:
-    """Rank transform (histogram equalisation) of each (B, 1, s, s) image to [0, 1]: the
-    same for any monotonic contrast change.  Equal values share their mean rank — a flat
-    background must stay flat, not become a ramp in scan order that no flip or turn of
-    the other image can match."""
+EQUALISE_BINS = 4096
+
+
+def _equalise(x: torch.Tensor, bins: int = EQUALISE_BINS) -> torch.Tensor:
+    """Rank transform (histogram equalisation) of each (B, 1, s, s) image in [0, 1] to
+    [0, 1]: the same for any monotonic contrast change.  Ranks are counted in
+    ``bins`` intensity bins (one histogram pass instead of a sort), and the
+    values of one bin share its mean rank — a flat background must stay flat, not become
+    a ramp in scan order that no flip or turn of the other image can match."""
     flat = x.flatten(1)
-    ordered = flat.sort(1).values
-    lo = torch.searchsorted(ordered, flat, right=False)
-    hi = torch.searchsorted(ordered, flat, right=True)
-    ranks = (lo + hi - 1).to(x.dtype) / 2 / max(flat.shape[1] - 1, 1)
-    return ranks.view_as(x)
+    n = flat.shape[1]
+    index = (flat.clamp(0, 1) * (bins - 1)).round().long()
+    offset = torch.arange(flat.shape[0]).unsqueeze(1) * bins
+    counts = torch.bincount((index + offset).flatten(), minlength=flat.shape[0] * bins)
+    counts = counts.view(-1, bins).to(x.dtype)
+    below = counts.cumsum(1) - counts
+    mean_rank = below + (counts - 1) / 2
+    return (mean_rank.gather(1, index) / max(n - 1, 1)).view_as(x)
 
 
 def _masked_ncc(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -479,66 +712,6 @@ def _masked_ncc(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.
     return (da * db).sum(dim=(1, 2, 3)) / ((da * da).sum(dim=(1, 2, 3)) * (db * db).sum(dim=(1, 2, 3))
                                          ).sqrt().clamp_min(1e-9)
 
-
-def _ascend(objective, degrees: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor, steps: int,
-            lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Maximise ``objective(degrees, scales, shifts) -> (B,)`` by ``steps`` batched Adam
-    steps from the given start (zoom in percent of log scale, so all three move alike)."""
-    if steps <= 0:
-        return degrees, scales, shifts
-    with torch.enable_grad():
-        deg = degrees.clone().requires_grad_(True)
-        log_scale = (100 * torch.log(scales)).clone().requires_grad_(True)
-        sh = shifts.clone().requires_grad_(True)
-        opt = torch.optim.Adam([deg, log_scale, sh], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            (-objective(deg, torch.exp(log_scale / 100), sh).sum()).backward()
-            opt.step()
-    return deg.detach(), torch.exp(log_scale.detach() / 100), sh.detach()
-
-
-def _search(cand_eq: torch.Tensor, ref_eq: torch.Tensor, config: VerificationConfig
-            ) -> tuple[list[_Hypothesis], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Alignment search on rank-equalised (1, 1, S, S) images at ``config.compare_size``.
-    Returns the best ``REFINE_TOP`` hypotheses with refined degrees (H,), scales (H,) and
-    shifts (H, 2) in full-resolution pixels, and their shifts before refinement."""
-    coarse = _coarse_hypotheses(config)
-    scores = _coarse_scores(_resize(cand_eq, COARSE_SIZE), _resize(ref_eq, COARSE_SIZE), coarse)
-    fine = _fine_hypotheses(_seeds(coarse, scores))
-    size = config.compare_size
-    cand_small, ref_small = _resize(cand_eq, size), _resize(ref_eq, size)
-    scores, shifts = _stage(cand_small, ref_small, fine, sigma=SMOOTH_SIGMA)
-    keep = scores.argsort(descending=True)[:REFINE_TOP].tolist()
-    hyps = [fine[i] for i in keep]
-    turned = _gaussian_blur(_turned(cand_small, hyps), SMOOTH_SIGMA)
-    target = _gaussian_blur(ref_small, SMOOTH_SIGMA).expand_as(turned)
-
-    def ncc(deg, scale, shift):
-        warped, valid = _affine(turned, deg, scale, shift)
-        return _masked_ncc(warped, target, valid)
-
-    degrees, scales = _angles(hyps)
-    grid_shifts = shifts[keep]
-    degrees, scales, shifts = _ascend(ncc, degrees, scales, grid_shifts, config.refine_steps, lr=0.15)
-    factor = cand_eq.shape[-1] / size
-    return hyps, degrees, scales, shifts * factor, grid_shifts * factor
-
-
-def _refine_full(cand_eq: torch.Tensor, ref_eq: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
-                 scales: torch.Tensor, shifts: torch.Tensor, steps: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Continue the refinement at full resolution, in the candidate's frame (where the
-    final score is taken): a 0.1 px or 0.2° error that 64 px cannot see costs a copy
-    several SSIM points at full resolution."""
-    target = _gaussian_blur(cand_eq, FULL_REFINE_SIGMA).expand(len(hyps), -1, -1, -1)
-    ref_view = _gaussian_blur(ref_eq, FULL_REFINE_SIGMA)
-
-    def ncc(deg, scale, shift):
-        warped, valid = _reference_in_candidate_frame(ref_view, hyps, deg, scale, shift)
-        return _masked_ncc(warped, target, valid)
-
-    return _ascend(ncc, degrees, scales, shifts, steps, lr=0.05)
 
 
 @dataclass(frozen=True)
@@ -561,73 +734,180 @@ def _candidate_view(cand: torch.Tensor, config: VerificationConfig) -> _Candidat
     return _CandidateView(cand, observed, _gaussian_blur(cand, config.smoothing), noise)
 
 
-def _score(view: _CandidateView, ref: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
+
+
+def _score(view: _CandidateView, refs: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
            scales: torch.Tensor, shifts: torch.Tensor, config: VerificationConfig,
            blur_sigmas: tuple[float, ...] | None = None) -> torch.Tensor:
     """Final scores (H, len(blur_sigmas)) of each hypothesis and blur level (module
-    docstring, steps 2–6; ``blur_sigmas`` defaults to the config's)."""
-    warped, valid = _reference_in_candidate_frame(ref, hyps, degrees, scales, shifts)
+    docstring, steps 2–6; ``blur_sigmas`` defaults to the config's).  ``refs``: the
+    reference of each hypothesis (H, 1, S, S), or one (1, 1, S, S) for all."""
+    warped, valid = _reference_in_candidate_frame(refs, hyps, degrees, scales, shifts)
     valid = valid & view.observed
-    mapped = photometric_fit(view.image, warped, valid)
+    n = len(hyps)
+    # two photometries: the fitted gamma + shading, and the reference's own (SSIM ignores a
+    # global gain) — many replaced patches can pull even a robust fit off an edit's true,
+    # unchanged photometry, and the best explanation is what the score means
+    both = torch.cat([photometric_fit(view.image, warped, valid), warped])
+    valid2 = torch.cat([valid, valid])
     tau = config.smoothing
-    cand_view = view.smoothed.expand(len(hyps), -1, -1, -1)
+    cand_view = view.smoothed.expand(2 * n, -1, -1, -1)
     noise_var = view.noise ** 2 * _noise_gain(tau)
-    columns = [masked_ssim(_gaussian_blur(mapped, math.hypot(sigma, tau)), cand_view, valid,
-                           config.terms, noise_var)
+    columns = [masked_ssim(_gaussian_blur(both, math.hypot(sigma, tau)), cand_view, valid2, config.terms, noise_var)
                for sigma in (config.blur_sigmas if blur_sigmas is None else blur_sigmas)]
-    return torch.stack(columns, 1).clamp(-1.0, 1.0)
+    scores = torch.stack(columns, 1)
+    return torch.maximum(scores[:n], scores[n:]).clamp(-1.0, 1.0)
 
 
-def _hypotheses(cand: torch.Tensor, ref: torch.Tensor, config: VerificationConfig
-                ) -> tuple[list[_Hypothesis], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Alignments worth scoring: the search is run on the rank-equalised images as they
-    are and after ``SEARCH_DENOISE`` smoothing (equalisation magnifies background noise,
-    which can mislead the search; smoothing can erase the fine structure another search
-    needs), and both the refined and the unrefined grid alignments of each are kept (a
-    strong shading can pull the correlation the refinement climbs away from the truth).
-    The final score decides among them.  Shifts in full-resolution pixels."""
-    hyps: list[_Hypothesis] = []
-    degrees, scales, shifts = [], [], []
-    for sigma in (0.0, SEARCH_DENOISE):
-        cand_eq, ref_eq = _equalise(_gaussian_blur(cand, sigma)), _equalise(_gaussian_blur(ref, sigma))
-        found, deg, sc, sh, grid_sh = _search(cand_eq, ref_eq, config)
-        deg, sc, sh = _refine_full(cand_eq, ref_eq, found, deg, sc, sh, config.full_refine_steps)
-        grid_deg, grid_sc = _angles(found)
-        hyps += found + found
-        degrees += [deg, grid_deg]
-        scales += [sc, grid_sc]
-        shifts += [sh, grid_sh]
-    return hyps, torch.cat(degrees), torch.cat(scales), torch.cat(shifts)
+def _score_rows(view: _CandidateView, refs: torch.Tensor, rows: _Rows, config: VerificationConfig,
+                blur_sigmas: tuple[float, ...] | None = None) -> torch.Tensor:
+    """:func:`_score` of each row (full-resolution shifts) against its reference."""
+    hyps = [rows.hypothesis(i) for i in range(len(rows))]
+    return _score(view, refs[rows.ref], hyps, rows.degrees, rows.scales, rows.shifts, config, blur_sigmas)
 
 
-def _polish(view: _CandidateView, ref: torch.Tensor, hyp: _Hypothesis, start: torch.Tensor,
-            scores: torch.Tensor, config: VerificationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pattern search on the final score itself around the best alignment: the
-    correlation the refinement climbs can peak a few percent of zoom away from where the
-    SSIM of the photometrically matched images peaks (seen on CT under a strong shading),
-    and the score is what the label rests on.  ``POLISH_ROUNDS`` rounds of the 8 single
-    moves of zoom / rotation / shift, steps halved when none improves.
+def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, scores: torch.Tensor,
+                        config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
+    """Refine each row's alignment once more at full resolution on the objective the final
+    score measures: the candidate is brought into its reference's photometry (the inverse
+    of the gamma + shading fitted at the row's alignment), the reference blurred to the
+    row's best blur level, and Gauss–Newton aligns the two
+    (``config.photometric_refine_steps`` iterations).  The
+    search before it aligns rank-equalised images, on which a strong shading moves the
+    optimum; this step moves it back.  A row keeps its old alignment unless the new one
+    scores higher.  ``scores``: the rows' (m, len(blur_sigmas)) final scores."""
+    hyps = [rows.hypothesis(i) for i in range(len(rows))]
+    warped, valid = _reference_in_candidate_frame(refs[rows.ref], hyps, rows.degrees, rows.scales, rows.shifts)
+    gamma, field, enough = _photometric_coefficients(view.image, warped, valid & view.observed)
+    log_c = torch.log(view.image.flatten(1).clamp_min(1e-4))
+    in_reference_photometry = torch.exp((log_c - field) / gamma).clamp(0, 1).view(-1, 1, *view.image.shape[-2:])
+    moving = torch.cat([_dihedral(in_reference_photometry[i:i + 1], h.flip, h.turns) for i, h in enumerate(hyps)])
+    level = scores.argmax(1)
+    target = torch.cat([_gaussian_blur(refs[int(j):int(j) + 1], config.blur_sigmas[int(lv)])
+                        for j, lv in zip(rows.ref, level)])
+    refined = _gauss_newton(moving, target, rows, config.photometric_refine_steps)
+    new_scores = _score_rows(view, refs, refined, config)
+    better = (new_scores.amax(1) > scores.amax(1)) & enough
+    rows = rows.with_geometry(torch.where(better, refined.degrees, rows.degrees),
+                              torch.where(better, refined.scales, rows.scales),
+                              torch.where(better[:, None], refined.shifts, rows.shifts))
+    return rows, torch.where(better[:, None], new_scores, scores)
 
-    ``start``: (degrees, zoom, dy, dx) of the alignment, ``scores`` its
-    (len(blur_sigmas),) scores.  Returns the polished scores (len(blur_sigmas),) and
-    alignment (4,)."""
-    steps = torch.tensor([1.5, 0.02, 1.0, 1.0])  # degrees, relative zoom, dy, dx (px)
-    current = start
-    blur = (config.blur_sigmas[int(scores.argmax())],)  # searched at the blur level found
-    best = float(scores.max())
-    for _ in range(POLISH_ROUNDS):
-        moves = torch.cat([torch.diag(steps), -torch.diag(steps)])
-        moves[:, 1] = current[1] * moves[:, 1]
-        trial = current + moves
-        trial_scores = _score(view, ref, [hyp] * len(trial), trial[:, 0], trial[:, 1], trial[:, 2:], config, blur)
-        top = int(trial_scores[:, 0].argmax())
-        if float(trial_scores[top, 0]) > best:
-            current, best = trial[top], float(trial_scores[top, 0])
-        else:
-            steps = steps / 2
-    if current is start:
-        return scores, start
-    return _score(view, ref, [hyp], current[:1], current[1:2], current[None, 2:], config)[0], current
+
+# --------------------------------------------------------------------------- verification
+
+def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
+    """Alignments worth a final score, for the candidate (1, 1, S, S) against references
+    (k, 1, S, S), in full-resolution pixels; and each reference's best score at
+    ``compare_size`` (k,), which decides which references go on.
+
+    Coarse seeds for all references at once (:func:`_coarse_seeds`), each refined at
+    ``compare_size`` (``refine_steps`` Gauss–Newton iterations); the references within
+    ``REFERENCE_MARGIN`` of the best (``FULL_REFERENCES`` at most, so a crowd of
+    look-alike slices costs like a few) keep their ``ROWS_PER_REFERENCE`` best rows, which
+    are refined again at full resolution (``full_refine_steps``).  The search runs on
+    rank-equalised images (any monotonic contrast change is irrelevant) as they are and
+    after ``SEARCH_DENOISE`` smoothing (equalisation magnifies background noise, which can
+    mislead the search; smoothing can erase the fine structure another search needs).
+    Both the full-resolution and the ``compare_size`` alignments of a row are kept (a
+    strong shading can pull the correlation the refinement fits away from the truth):
+    the final score decides among them."""
+    images = _search_images(cand, refs, (COARSE_SIZE, config.compare_size))
+    seeds, coarse = _coarse_seeds(images, config)
+    keep, _ = _select(seeds, coarse, 8, COARSE_REFERENCES, COARSE_MARGIN)
+    rows, scores = _refine(images, seeds.take(keep), COARSE_SIZE, COARSE_SIZE, config.refine_steps)
+    keep, _ = _select(rows, scores, SEEDS_PER_REFERENCE, COARSE_REFERENCES, 2.0)
+    rows, scores = _refine(images, rows.take(keep), config.compare_size, COARSE_SIZE, config.refine_steps)
+    keep, ref_scores = _select(rows, scores, ROWS_PER_REFERENCE, FULL_REFERENCES, REFERENCE_MARGIN,
+                               len(refs))
+    size = cand.shape[-1]
+    mid = rows.take(keep).rescaled(size / config.compare_size)
+    full_views = torch.stack([_gaussian_blur(_dihedral_views(images.cand[v:v + 1]), FULL_REFINE_SIGMA)
+                              for v in range(len(SEARCH_VARIANTS))])
+    full_refs = _gaussian_blur(images.refs.flatten(0, 1), FULL_REFINE_SIGMA).view_as(images.refs)
+    refined = _gauss_newton(*_warp_rows(full_views, full_refs, mid), mid, config.full_refine_steps)
+    return refined, ref_scores
+
+
+def _best_per_reference(scores: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """Index of each reference's best-scoring row (references in increasing order)."""
+    best = {}
+    for i in range(len(rows)):
+        j = int(rows.ref[i])
+        if j not in best or scores[i] > scores[best[j]]:
+            best[j] = i
+    return torch.tensor([best[j] for j in sorted(best)], dtype=torch.long)
+
+
+def _alignment(rows: _Rows, i: int, scores: torch.Tensor, config: VerificationConfig, noise: float) -> Alignment:
+    level = int(scores.argmax())
+    h = rows.hypothesis(i)
+    h = _Hypothesis(h.flip, h.turns, round(h.degrees, 1), round(h.scale, 3))
+    shift = (float(rows.shifts[i, 0]), float(rows.shifts[i, 1]))
+    blur = float(config.blur_sigmas[level])
+    return Alignment(score=float(scores[level]), transform=describe(h, shift, blur, noise),
+                     dihedral=(h.flip, h.turns), degrees=h.degrees, scale=h.scale, shift=shift,
+                     blur_sigma=blur, noise_sd=round(noise, 4))
+
+
+def _not_verified(score: float, best: float) -> Alignment:
+    return Alignment(float("nan"), f"not verified: alignment score {score:.3f} at the search resolution, "
+                                   f"{best - score:.3f} below the best neighbour's", verified=False)
+
+
+def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) -> list[Alignment]:
+    """:func:`verify_candidate` on tensors with no constant image."""
+    rows, ref_scores = _search(cand, refs, config)
+    view = _candidate_view(cand, config)
+    first = _score_rows(view, refs, rows, config, config.blur_sigmas[:1])[:, 0]
+    rows = rows.take(_best_per_reference(first, rows))
+    scores = _score_rows(view, refs, rows, config)
+    close = torch.nonzero(scores.amax(1) >= scores.amax() - PHOTOMETRIC_MARGIN).flatten()
+    polished, polished_scores = _photometric_refine(view, refs, rows.take(close), scores[close], config)
+    top = float(torch.nan_to_num(ref_scores, nan=-2.0).max())
+    out = [_not_verified(float(s), top) for s in ref_scores]
+    for i in range(len(rows)):
+        out[int(rows.ref[i])] = _alignment(rows, i, scores[i], config, view.noise)
+    for n, i in enumerate(close.tolist()):
+        out[int(rows.ref[i])] = _alignment(polished, n, polished_scores[n], config, view.noise)
+    return out
+
+
+def verify_candidate(candidate: np.ndarray, references: np.ndarray,
+                     config: VerificationConfig = VerificationConfig()) -> list[Alignment]:
+    """Verify one candidate against each of its references (e.g. its nearest training
+    images by embedding), all references in one batched search.
+
+    A reference whose alignment at the search resolution is far (``REFERENCE_MARGIN``)
+    below the best reference's, or beyond the ``FULL_REFERENCES`` best, gets no final
+    score: its :class:`Alignment` has ``verified=False`` and a NaN score (it cannot be the
+    best match).  References near the best are scored and polished exactly as
+    :func:`verify_pair` scores them alone.
+
+    Args:
+        candidate: (S, S) float in [0, 1].
+        references: (k, S, S) float in [0, 1], same S.
+        config: see :class:`deepssim.config.VerificationConfig`.
+    Returns:
+        k :class:`Alignment` objects, in the order of ``references``.
+    """
+    candidate = np.asarray(candidate, np.float32)
+    references = np.asarray(references, np.float32)
+    if references.ndim != 3 or candidate.ndim != 2 or references.shape[1:] != candidate.shape \
+            or candidate.shape[0] != candidate.shape[1]:
+        raise ValueError(f"need a square 2D candidate and (k, S, S) references of its size, got "
+                         f"{candidate.shape} and {references.shape}")
+    constant = Alignment(0.0, "constant image: nothing to align")
+    if candidate.std() == 0:
+        return [constant] * len(references)
+    usable = [j for j in range(len(references)) if references[j].std() > 0]
+    out = [constant] * len(references)
+    if usable:
+        with torch.no_grad():
+            found = _verify_references(_to_tensor(candidate), torch.from_numpy(references[usable])[:, None], config)
+        for j, alignment in zip(usable, found):
+            out[j] = alignment
+    return out
 
 
 def verify_pair(candidate: np.ndarray, reference: np.ndarray,
@@ -637,32 +917,14 @@ def verify_pair(candidate: np.ndarray, reference: np.ndarray,
     Args:
         candidate, reference: (S, S) float arrays in [0, 1] (model inputs), same shape.
         config: rotation grid, ``compare_size`` (the side at which the alignment is
-            searched), refinement steps, SSIM ``terms``, ``smoothing``, ``blur_sigmas``.
+            searched), refinement iterations, SSIM ``terms``, ``smoothing``, ``blur_sigmas``.
     Returns:
         :class:`Alignment` — ``score`` in [-1, 1] (module docstring) and the transform.
     """
-    candidate = np.asarray(candidate, np.float32)
-    reference = np.asarray(reference, np.float32)
+    candidate, reference = np.asarray(candidate), np.asarray(reference)
     if candidate.shape != reference.shape or candidate.ndim != 2 or candidate.shape[0] != candidate.shape[1]:
         raise ValueError(f"need two equal square 2D images, got {candidate.shape} and {reference.shape}")
-    if reference.std() == 0 or candidate.std() == 0:
-        return Alignment(0.0, "constant image: nothing to align")
-    with torch.no_grad():
-        cand, ref = _to_tensor(candidate), _to_tensor(reference)
-        hyps, degrees, scales, shifts = _hypotheses(cand, ref, config)
-        view = _candidate_view(cand, config)
-        scores = _score(view, ref, hyps, degrees, scales, shifts, config)
-        best = int(scores.amax(1).argmax())
-        start = torch.stack([degrees[best], scales[best], shifts[best, 0], shifts[best, 1]])
-        scores, found = _polish(view, ref, hyps[best], start, scores[best], config)
-    level = int(scores.argmax())
-    h = hyps[best]
-    h = _Hypothesis(h.flip, h.turns, round(float(found[0]), 1), round(float(found[1]), 3))
-    shift = (float(found[2]), float(found[3]))
-    blur = float(config.blur_sigmas[level])
-    return Alignment(score=float(scores[level]), transform=describe(h, shift, blur, view.noise),
-                     dihedral=(h.flip, h.turns), degrees=h.degrees, scale=h.scale, shift=shift,
-                     blur_sigma=blur, noise_sd=round(view.noise, 4))
+    return verify_candidate(candidate, reference[None], config)[0]
 
 
 def verify_candidates(candidates: np.ndarray, references: np.ndarray,
@@ -674,12 +936,13 @@ def verify_candidates(candidates: np.ndarray, references: np.ndarray,
         candidates: (Q, S, S) float in [0, 1].
         references: (Q, k, S, S) float in [0, 1] — e.g. the top-k training images by embedding.
     Returns:
-        scores (Q, k) float32 and the matching ``Alignment`` objects (Q lists of k).
+        scores (Q, k) float32 (NaN for references not verified, see
+        :func:`verify_candidate`) and the matching ``Alignment`` objects (Q lists of k).
     """
     candidates, references = np.asarray(candidates), np.asarray(references)
     if references.ndim != 4 or references.shape[0] != candidates.shape[0]:
         raise ValueError(f"references must be (Q, k, S, S) with Q={candidates.shape[0]}, "
                          f"got {references.shape}")
-    alignments = [[verify_pair(c, r, config) for r in refs] for c, refs in zip(candidates, references)]
+    alignments = [verify_candidate(c, refs, config) for c, refs in zip(candidates, references)]
     scores = np.array([[a.score for a in row] for row in alignments], dtype=np.float32)
     return scores.reshape(references.shape[:2]), alignments

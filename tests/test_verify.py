@@ -50,7 +50,11 @@ def test_verify_candidates_shapes_and_identity():
     other = load("nibabel_example4d", 12)
     scores, alignments = verify_candidates(np.stack([ref]), np.stack([[ref, other]]))
     assert scores.shape == (1, 2) and len(alignments[0]) == 2
-    assert scores[0, 0] > 0.99 > scores[0, 1]
+    assert scores[0, 0] > 0.99
+    # the unrelated reference aligns far worse than the copy's source: set aside, unscored
+    assert np.isnan(scores[0, 1]) and not alignments[0][1].verified
+    assert "not verified" in alignments[0][1].transform
+    assert verify_pair(ref, other).score < 0.6  # scored alone, it is scored
     with pytest.raises(ValueError):
         verify_candidates(np.stack([ref]), np.stack([ref, other]))
 
@@ -69,7 +73,8 @@ def test_refinement_recovers_off_grid_rotation_zoom_shift():
     cand = F.grid_sample(x, grid, align_corners=False)[0, 0].numpy()
     assert reference_ssim(cand, ref) < 0.5
     refined = verify_pair(cand, ref, VerificationConfig())
-    grid_only = verify_pair(cand, ref, VerificationConfig(refine_steps=0))
+    grid_only = verify_pair(cand, ref, VerificationConfig(refine_steps=0, full_refine_steps=0,
+                                                          photometric_refine_steps=0))
     assert refined.score > 0.9
     assert refined.score > grid_only.score
     assert refined.dihedral != (False, 0)
