@@ -12,6 +12,7 @@ the CT test images pydicom ships (CT_small.dcm, liver_1frame.dcm), one subject e
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -46,7 +47,10 @@ def pydicom_ct_folder(dest: Path) -> list[str]:
 def gather_source(src: Path, subjects: set[str] | None, add_ct: bool, work: Path) -> Path:
     """A folder holding the wanted subjects of ``src`` (symlinked) plus optional CT."""
     work.mkdir(parents=True, exist_ok=True)
-    for folder in sorted({p.parent for p in src.rglob("*") if p.suffix.lower() in (".png", ".npy")}):
+    # os.walk, not Path.rglob: rglob does not enter symlinked folders (Python 3.11), and
+    # discover() does, so a source of symlinked subject folders gathered nothing
+    files = [Path(d) / f for d, _, fs in os.walk(src, followlinks=True) for f in fs]
+    for folder in sorted({p.parent for p in files if p.suffix.lower() in (".png", ".npy")}):
         if subjects is None or folder.name in subjects:
             link = work / folder.name
             if not link.exists():

@@ -17,10 +17,18 @@ Subjects are split disjointly into members and non-members.  Candidates are
   image, or patch replacement) whose strength is bisected so that the aligned reference
   SSIM to the source lands in (0.60, 0.85], then the same nuisance transforms;
 * ``different`` — a non-member image under nuisance transforms; its ``ssim`` is the best
-  aligned reference SSIM against every member image.
+  aligned reference SSIM against every member image;
+* ``neighbour`` (only when ``n_neighbours`` > 0) — a slice of a *member* subject that was
+  left out of the training cohort, preferably within :data:`NEIGHBOUR_REACH` slices of a
+  registered slice of the same subject (what a generator interpolating between a patient's
+  slices makes), under the same nuisance transforms; its ``ssim`` is the best aligned
+  reference SSIM against every member image (often *similar*, sometimes *duplicate* or
+  *different*).
 
 ``label`` is the class that :class:`~deepssim.config.Thresholds` implies for ``ssim``
-(the planted ``kind`` is kept beside it).  Everything is drawn from ``seed``.
+(the planted ``kind`` is kept beside it; evaluation uses ``label``).  Everything is
+drawn from ``seed``; the neighbour kind from a generator of its own, so that a benchmark
+built without it is byte-identical to one built before it existed.
 
 :func:`run_benchmark` scores the candidates with several methods (a dict of callables,
 :data:`METHODS`) and reports macro F1 and more; see its docstring.
@@ -42,7 +50,10 @@ from .config import Thresholds, VerificationConfig
 from .preprocess import to_model_input
 from .ssim import reference_ssim, ssim_torch
 
-KINDS = ("duplicate", "similar", "different")
+KINDS = ("duplicate", "similar", "different")  # the labels (and the original planted kinds)
+CANDIDATE_KINDS = KINDS + ("neighbour",)  # every ``kind`` a truth row may carry
+PLANTED_KINDS = ("duplicate", "similar", "neighbour")  # kinds whose ``nearest_train`` is their source
+NEIGHBOUR_REACH = 2  # slices: a left-out slice this close to a registered one is "adjacent"
 SIMILAR_TARGET = (0.63, 0.82)
 
 
@@ -190,7 +201,8 @@ def _label(score: float, thresholds: Thresholds) -> str:
 def build_benchmark(src: str | Path, out: str | Path, seed: int = 0, size: int = 128,
                     train_fraction: float = 0.5, max_per_subject: int = 12, n_duplicates: int = 30,
                     n_similar: int = 30, n_different: int = 30, nuisance_strength: float = 1.0,
-                    subjects: set[str] | None = None, thresholds: Thresholds = Thresholds()) -> dict:
+                    subjects: set[str] | None = None, thresholds: Thresholds = Thresholds(),
+                    n_neighbours: int = 0) -> dict:
     """Build a benchmark from the real images under ``src`` (see the module docstring).
 
     Args:
@@ -200,6 +212,9 @@ def build_benchmark(src: str | Path, out: str | Path, seed: int = 0, size: int =
         max_per_subject: member/non-member images kept per subject.
         n_duplicates, n_similar, n_different: candidates of each kind (``n_different`` is
             capped by the non-member images available).
+        n_neighbours: left-out slices of member subjects (kind ``neighbour``), capped by the
+            left-out slices available; 0 (the default) builds exactly what a build without
+            the kind builds.
     Returns:
         The summary written to ``out/benchmark.json``.
     """
@@ -218,6 +233,16 @@ def build_benchmark(src: str | Path, out: str | Path, seed: int = 0, size: int =
 
     rows = _plan_candidates(rng, len(train), other_rows, n_duplicates, n_similar, n_different)
     images, truth = _make_candidates(rows, train, train_files, data, rng, seed, nuisance_strength)
+    adjacent = 0
+    if n_neighbours > 0:
+        # Own generator and nuisance seed: the main ``rng``'s draws and the other kinds'
+        # nuisances stay exactly what they are without neighbours.
+        picked, adjacent = _neighbour_rows(data, members, train_rows, n_neighbours,
+                                           np.random.default_rng([seed, 1]))
+        if len(picked):
+            extra, extra_truth = _make_neighbours(picked, train, train_files, data)
+            images = np.concatenate([images, _nuisance(extra, seed * 7919 + 17, nuisance_strength)])
+            truth += extra_truth
     _finish_truth(truth, thresholds)
     order = rng.permutation(len(images))
     names = _unique_hex(rng, len(images))
@@ -229,8 +254,10 @@ def build_benchmark(src: str | Path, out: str | Path, seed: int = 0, size: int =
             _write_png(out / "candidates" / f"{name}.png", images[i])
             writer.writerow({"candidate": f"candidates/{name}.png", **truth[i]})
     summary = {"seed": seed, "source": str(src), "members": members, "non_members": non_members,
-               "train_images": len(train), "counts": {k: sum(t["kind"] == k for t in truth) for k in KINDS},
+               "train_images": len(train),
+               "counts": {k: sum(t["kind"] == k for t in truth) for k in CANDIDATE_KINDS},
                "labels": {k: sum(t["label"] == k for t in truth) for k in KINDS},
+               "neighbours_adjacent": adjacent,
                "thresholds": {"similar": thresholds.similar, "duplicate": thresholds.duplicate}}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -270,6 +297,40 @@ def _make_candidates(rows: dict[str, np.ndarray], train: np.ndarray, train_files
                           "ssim": float(score), "nearest_train": train_files[j]})
         clean.extend(others)
     return _nuisance(np.stack(clean), seed, strength), truth
+
+
+def _neighbour_rows(data: SourceImages, members: list[str], train_rows: np.ndarray, n: int, rng
+                    ) -> tuple[np.ndarray, int]:
+    """Rows of ``data`` for up to ``n`` neighbour candidates: slices of member subjects that
+    are not in ``train_rows``.  A subject's slices are in slice order when sorted by name
+    (the order :func:`discover` gives), so a slice's position among its subject's rows is
+    its slice index (a subject folder holding several series counts as one run of slices).
+    Slices within :data:`NEIGHBOUR_REACH` of a registered slice of their subject come
+    first, in random order; the rest fill up if those are too few.
+    Returns (rows (k,), how many of them are adjacent), k = min(n, left-out slices)."""
+    adjacent, remote = [], []
+    registered = np.asarray(train_rows)
+    for subject in members:
+        rows = np.flatnonzero(data.subjects == subject)
+        kept = np.flatnonzero(np.isin(rows, registered))  # slice indices of registered slices
+        for index in np.flatnonzero(~np.isin(rows, registered)):
+            near = kept.size > 0 and np.abs(kept - index).min() <= NEIGHBOUR_REACH
+            (adjacent if near else remote).append(rows[index])
+    order = np.concatenate([rng.permutation(np.asarray(adjacent, dtype=int)),
+                            rng.permutation(np.asarray(remote, dtype=int))])[:n]
+    return order.astype(int), min(len(adjacent), n)
+
+
+def _make_neighbours(rows: np.ndarray, train: np.ndarray, train_files: list[str], data: SourceImages
+                     ) -> tuple[np.ndarray, list[dict]]:
+    """Clean (k, S, S) neighbour images (PNG-quantised, like every image of the benchmark)
+    and their partial truth rows.  The source images are aligned slices of one volume, so
+    the plain reference SSIM to the nearest registered slice is the aligned one."""
+    clean = _quantise(data.images[rows])
+    scores, nearest = best_ssim(clean, train)
+    truth = [{"source": f"neighbour {data.names[r]}", "kind": "neighbour", "ssim": float(score),
+              "nearest_train": train_files[j]} for r, score, j in zip(rows, scores, nearest)]
+    return clean, truth
 
 
 def _finish_truth(truth: list[dict], thresholds: Thresholds) -> None:
@@ -395,13 +456,14 @@ def method_pixel_correlation(data: BenchData) -> MethodResult:
 
 
 def method_verify_exhaustive(data: BenchData) -> MethodResult:
-    """Verification against *every* member (no model; O(T) pairs per candidate, ~30 ms
-    each): an upper bound for what the embedding's top-k can hand to verification."""
+    """Verification against *every* member (no model: every member is searched, the
+    close ones scored, see :func:`deepssim.verify.verify_candidate`): an upper bound for
+    what the embedding's top-k can hand to verification."""
     from .verify import verify_candidates
 
     refs = np.broadcast_to(data.train, (len(data.candidates),) + data.train.shape)
     scores, _ = verify_candidates(data.candidates, refs, data.verification)
-    return scores.max(1), scores.argmax(1)
+    return np.nanmax(scores, 1), np.nanargmax(scores, 1)
 
 
 METHODS: dict[str, Callable[[BenchData], MethodResult]] = {
@@ -463,10 +525,11 @@ def run_benchmark(bench_dir: str | Path, checkpoint: str | Path | None = None,
     Per method: ``macro_f1`` with ``thresholds`` (default 0.60 / 0.85), per-class
     precision/recall, ``dup_recall_at_p95``, ``tpr_at_fpr5``, ``seconds_per_candidate``
     (embedding included for DeepSSIM methods), ``source_hit`` (fraction of planted
-    duplicates/similar whose best match is their true source) and ``calibrated``: the
-    thresholds :func:`deepssim.calibrate.calibrate_from_benchmark` picks on this same
-    benchmark with their macro F1 (in-sample, optimistic: it shows the ranking quality of
-    a score whose scale differs from the aligned SSIM, e.g. the verification score).
+    duplicates/similar/neighbours whose best match is their ``nearest_train``) and
+    ``calibrated``: the thresholds :func:`deepssim.calibrate.calibrate_from_benchmark`
+    picks on this same benchmark with their macro F1 (in-sample, optimistic: it shows the
+    ranking quality of a score whose scale differs from the aligned SSIM, e.g. the
+    verification score).
     Writes ``results.json``, ``results.md`` and ``results.png`` into ``out_dir`` if given.
     """
     from .calibrate import calibrate_from_benchmark
@@ -499,7 +562,10 @@ def run_benchmark(bench_dir: str | Path, checkpoint: str | Path | None = None,
 
 
 def _source_hit(data: BenchData, nearest: np.ndarray) -> float:
-    planted = [(i, t["nearest_train"]) for i, t in enumerate(data.truth) if t["kind"] != "different"]
+    """Fraction of planted candidates (:data:`PLANTED_KINDS`) whose best match (index into
+    ``data.train_files``) is their ``nearest_train``: the source of a duplicate or similar
+    image, the nearest registered slice of a neighbour.  Non-members have no source."""
+    planted = [(i, t["nearest_train"]) for i, t in enumerate(data.truth) if t["kind"] in PLANTED_KINDS]
     if not planted:
         return float("nan")
     return float(np.mean([data.train_files[nearest[i]] == src for i, src in planted]))

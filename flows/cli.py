@@ -428,16 +428,21 @@ app.add_typer(benchmark_app, name="benchmark")
 def benchmark_build(src: Path = typer.Argument(..., help="folder of <subject>/ folders of PNG/NPY"),
                     out: Path = typer.Argument(..., help="benchmark folder to write"),
                     seed: int = typer.Option(0, help="everything random is drawn from it"),
-                    n: int = typer.Option(30, help="candidates per kind"),
-                    max_per_subject: int = typer.Option(12, help="images kept per subject")):
-    """Build a subject-disjoint benchmark (members, planted duplicates/similar, non-members)."""
+                    n: int = typer.Option(30, help="candidates per kind (duplicate, similar, different)"),
+                    max_per_subject: int = typer.Option(12, help="images kept per subject"),
+                    neighbours: int = typer.Option(
+                        0, min=0, help="left-out slices of member subjects next to registered ones (an "
+                        "interpolating generator's near-copies), labelled by aligned SSIM; 10-40 is "
+                        "typical, 0 leaves them out")):
+    """Build a subject-disjoint benchmark (members, planted duplicates/similar, non-members,
+    optionally neighbouring slices of members)."""
     if not src.is_dir():
         _fail(f"no such folder: {src}", 2)
     from deepssim.benchmark import build_benchmark
 
     try:
         summary = build_benchmark(src, out, seed=seed, n_duplicates=n, n_similar=n, n_different=n,
-                                  max_per_subject=max_per_subject)
+                                  max_per_subject=max_per_subject, n_neighbours=neighbours)
     except ValueError as exc:
         _fail(str(exc), 2)
     typer.echo(json.dumps(summary, indent=2))
