@@ -94,18 +94,21 @@ class VerificationConfig:
 
     Only candidates whose embedding score exceeds ``floor`` are verified, against their
     ``top_k`` nearest training images and any further neighbour whose embedding score is
-    within ``margin`` of the candidate's best, ``max_k`` images at most, so the cost is
-    O(max_k) per candidate (O(top_k) unless the neighbours crowd together): the embedding
-    over-scores other slices of one series, so a copy's source can rank below a few slices
-    that look alike (BENCHMARKS.md, "Detection quality").
+    within ``margin`` of the candidate's best, ``max_k`` images at most: the embedding
+    over-scores other slices of one series, so a copy's source can rank well below slices
+    that look alike (BENCHMARKS.md, "Verification").  All of them are searched in one batch
+    at coarse resolution, and only the few that align best are refined and scored, so 15
+    cost about twice what 5 do (:func:`deepssim.verify.verify_candidate`).
     ``compare_size``: side (px) at which the alignment is searched; ``refine_steps`` /
     ``full_refine_steps``: Gauss–Newton iterations of the rotation/zoom/shift refinement
     there (and at 32 px) and at full resolution; ``photometric_refine_steps``: iterations
-    of the last refinement, on the photometrically matched images; ``terms``: which SSIM terms are averaged ("ssim" the full reference
-    formula, as the labels are defined; "cs" contrast × structure or "s" structure only
-    are more lenient: a blend with another image mostly shows in the luminance term); ``smoothing``: common Gaussian smoothing (px) of both images
-    before SSIM (0: none — smoothing both raised every non-copy's score); ``blur_sigmas``: blur levels (px) tried on the training image, the copy
-    may be smoother than its source; ``fusion``: how the verification score and the
+    of the last refinement, on the photometrically matched images; ``terms``: which SSIM
+    terms are averaged ("ssim" the full reference formula, as the labels are defined;
+    "cs" contrast × structure or "s" structure only are more lenient: a blend with another
+    image mostly shows in the luminance term); ``smoothing``: common Gaussian smoothing
+    (px) of both images before SSIM (0: none — smoothing both raised every non-copy's
+    score); ``blur_sigmas``: blur levels (px) tried on the training image, the copy may be
+    smoother than its source; ``fusion``: how the verification score and the
     embedding score make the final score ("max" | "verification", see
     ``deepssim.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
     by side (0: one per CPU core, at most 8; 1: in the calling process), see
@@ -114,12 +117,12 @@ class VerificationConfig:
 
     enabled: bool = True
     floor: float = 0.45
-    top_k: int = 5
+    top_k: int = 15
     margin: float = 0.05
     max_k: int = 15
     rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     compare_size: int = 64
-    refine_steps: int = 6
+    refine_steps: int = 4
     full_refine_steps: int = 3
     photometric_refine_steps: int = 3
     terms: str = "ssim"

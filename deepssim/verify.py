@@ -85,7 +85,7 @@ MAX_SHIFT_FRACTION = 0.25
 SEARCH_DENOISE = 1.0  # smoothing (full-resolution px) before rank equalisation, which would magnify noise
 FULL_REFINE_SIGMA = 1.0  # smoothing (full-resolution px) of the full-resolution refinement
 # the two searches: (smoothing in px, intensity bins) before rank equalisation
-SEARCH_VARIANTS = ((0.0, 4096), (SEARCH_DENOISE, 4096))
+SEARCH_VARIANTS = ((0.0, 4096),)
 MAX_STEP = torch.tensor([2.0, 0.03, 1.5, 1.5])  # one refinement step: degrees, log zoom, dy, dx (px)
 SATURATED = 1 - 0.5 / 255  # candidate pixels at or above this lost their structure to clipping
 MAX_LOG_FIELD = 2.0  # the shading fitted is at most exp(±2), the range of the benchmark's bias fields
@@ -246,7 +246,7 @@ def _quadratic_basis(size: int) -> torch.Tensor:
 
 
 _BASIS_PRODUCTS: dict[int, torch.Tensor] = {}
-ROBUST_ROUNDS = 5  # reweighted refits of the intensity map
+ROBUST_ROUNDS = 3  # reweighted refits of the intensity map
 MEDIAN_STRIDE = 7  # the residuals' scale is the median of every 7th pixel's (a sort of 16k costs)
 
 
@@ -318,7 +318,7 @@ def _photometric_coefficients(candidate: torch.Tensor, reference: torch.Tensor, 
         residual = (log_c - coef[:, :1] * log_r - coef[:, 1:] @ basis.T) * use
         scale = _masked_median(residual.abs()[:, ::MEDIAN_STRIDE], use[:, ::MEDIAN_STRIDE]).clamp_min(1e-3) * 1.4826
         u = residual / scale
-        robust = 1 / (1 + (u / 2.385) ** 2) if round_ < 2 else (1 - (u / 4.685) ** 2).clamp_min(0) ** 2
+        robust = 1 / (1 + (u / 2.385) ** 2) if round_ < ROBUST_ROUNDS // 2 else (1 - (u / 4.685) ** 2).clamp_min(0) ** 2
         coef = _weighted_least_squares(log_r, basis, log_c, weight * robust)
     gamma = coef[:, :1].clamp(0.3, 3.0)
     field = (coef[:, 1:] @ basis.T).clamp(-MAX_LOG_FIELD, MAX_LOG_FIELD)
@@ -605,14 +605,16 @@ def _linearised(stack: torch.Tensor, target: torch.Tensor, params: torch.Tensor
     res = dt - gain[:, None] * dw
     ncc = (dw * dt).sum(1) / ((dw * dw).sum(1) * (dt * dt).sum(1)).sqrt().clamp_min(1e-12)
     gx, gy = grid[..., 0], grid[..., 1]
-    cos = (torch.cos(degrees * math.pi / 180) / torch.exp(log_scale))[:, None].expand_as(gx)
-    sin = (torch.sin(degrees * math.pi / 180) / torch.exp(log_scale))[:, None].expand_as(gx)
-    k, rad = 2.0 / size, math.pi / 180
-    # d(grid)/d(parameter): the closed form of _theta's mapping
-    dgx = torch.stack([-gy * rad, -gx, sin * k, -cos * k], -1)
-    dgy = torch.stack([gx * rad, -gy, -cos * k, -sin * k], -1)
-    jac = sampled[:, 1, :, None] * dgx + sampled[:, 2, :, None] * dgy     # (R, N, 4)
-    design = torch.cat([gain[:, None, None] * jac, warped[..., None], torch.ones_like(warped)[..., None]], -1)
+    ix, iy = sampled[:, 1], sampled[:, 2]
+    zoom = torch.exp(log_scale)[:, None]
+    cos, sin = torch.cos(degrees * math.pi / 180)[:, None] / zoom, torch.sin(degrees * math.pi / 180)[:, None] / zoom
+    k = 2.0 / size
+    # chain rule through _theta's mapping: d(grid)/d(parameter) in closed form
+    columns = [(gx * iy - gy * ix) * (math.pi / 180),          # degrees
+               -(gx * ix + gy * iy),                            # log zoom
+               (sin * ix - cos * iy) * k,                       # dy
+               -(cos * ix + sin * iy) * k]                      # dx
+    design = torch.stack([gain[:, None] * c for c in columns] + [warped, torch.ones_like(warped)], -1)
     design = design * valid[..., None]
     system = (design.transpose(1, 2) @ design).double()
     return system, (design.transpose(1, 2) @ res.unsqueeze(2))[..., 0].double(), ncc
@@ -805,13 +807,11 @@ def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) 
     ``compare_size`` (``refine_steps`` Gauss–Newton iterations); the references within
     ``REFERENCE_MARGIN`` of the best (``FULL_REFERENCES`` at most, so a crowd of
     look-alike slices costs like a few) keep their ``ROWS_PER_REFERENCE`` best rows, which
-    are refined again at full resolution (``full_refine_steps``).  The search runs on
-    rank-equalised images (any monotonic contrast change is irrelevant) as they are and
-    after ``SEARCH_DENOISE`` smoothing (equalisation magnifies background noise, which can
-    mislead the search; smoothing can erase the fine structure another search needs).
-    Both the full-resolution and the ``compare_size`` alignments of a row are kept (a
-    strong shading can pull the correlation the refinement fits away from the truth):
-    the final score decides among them."""
+    are refined again at full resolution (``full_refine_steps``).  The search images are
+    rank-equalised (any monotonic contrast change is irrelevant) and in local contrast
+    (:func:`_search_view`).
+    The untransformed alignment of each of those references is refined beside them, and
+    kept unrefined too (:func:`_identity_rows`); the final score decides among them."""
     images = _search_images(cand, refs, (COARSE_SIZE, config.compare_size))
     seeds, coarse = _coarse_seeds(images, config)
     keep, _ = _select(seeds, coarse, 8, COARSE_REFERENCES, COARSE_MARGIN)
@@ -821,12 +821,21 @@ def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) 
     keep, ref_scores = _select(rows, scores, ROWS_PER_REFERENCE, FULL_REFERENCES, REFERENCE_MARGIN,
                                len(refs))
     size = cand.shape[-1]
-    mid = rows.take(keep).rescaled(size / config.compare_size)
+    identity = _identity_rows(rows.ref[keep].unique())
+    mid = _Rows.cat([rows.take(keep).rescaled(size / config.compare_size), identity])
     full_views = torch.stack([_gaussian_blur(_dihedral_views(images.cand[v:v + 1]), FULL_REFINE_SIGMA)
                               for v in range(len(SEARCH_VARIANTS))])
     full_refs = _gaussian_blur(images.refs.flatten(0, 1), FULL_REFINE_SIGMA).view_as(images.refs)
     refined = _gauss_newton(*_warp_rows(full_views, full_refs, mid), mid, config.full_refine_steps)
-    return refined, ref_scores
+    return _Rows.cat([refined, identity]), ref_scores
+
+
+def _identity_rows(refs: torch.Tensor) -> _Rows:
+    """The untransformed alignment for each of ``refs``: a generator's samples come in the
+    training images' frame, and one large edit can pull the search elsewhere."""
+    n = len(refs)
+    zeros = torch.zeros(n, dtype=torch.long)
+    return _Rows(refs, zeros, zeros, torch.zeros(n), torch.ones(n), torch.zeros(n, 2))
 
 
 def _best_per_reference(scores: torch.Tensor, rows: _Rows) -> torch.Tensor:

@@ -219,7 +219,7 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
           calibrated: bool = typer.Option(False, help="use the latest thresholds recorded by `deepssim calibrate` "
                                                        "for this cohort (else the latest global ones)"),
           k: int = typer.Option(15, help="nearest training images searched per candidate; verification "
-                                             "checks the top 5 and any within 0.05 of the best, up to k"),
+                                             "aligns all of them (up to 15) and scores those that align best"),
           model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           precision: PrecisionOption = "auto",

@@ -6,7 +6,7 @@ import torch
 
 from deepssim.config import VerificationConfig
 from deepssim.ssim import reference_ssim
-from deepssim.verify import Alignment, masked_ssim, verify_candidates, verify_pair
+from deepssim.verify import Alignment, masked_ssim, verify_candidate, verify_candidates, verify_pair
 
 from realdata import load_slice as load
 
@@ -194,8 +194,78 @@ def test_copy_whose_source_ranks_below_top_k_is_found_when_neighbours_crowd():
     crowded = np.array([[0.92, 0.91, 0.91, 0.90, 0.90, 0.89, 0.88]])
     spread = np.array([[0.92, 0.91, 0.91, 0.90, 0.90, 0.80, 0.79]])
     cand = disguised_copy(source)[None]
-    config = VerificationConfig(workers=1)
+    config = VerificationConfig(workers=1, top_k=5)
     found = verify_neighbours(cand, crowded, index, lambda rows: train[rows], config)
     assert found.score[0] > 0.85 and found.nearest[0] == 6
     missed = verify_neighbours(cand, spread, index, lambda rows: train[rows], config)
     assert missed.score[0] < 0.85 and missed.nearest[0] != 6
+
+
+def _nuisance_of(transform, image: np.ndarray, seed: int) -> np.ndarray:
+    return transform(torch.from_numpy(image)[None, None], torch.Generator().manual_seed(seed))[0, 0].numpy()
+
+
+def _geometric_and_gamma():
+    from deepssim.augment import Compose, RandomAffine, RandomDihedral, RandomGamma
+
+    return Compose([RandomDihedral(1.0, 1.0), RandomAffine(12.0, 0.06, (0.92, 1.08)), RandomGamma((0.6, 1.5))])
+
+
+def test_batched_and_per_pair_verification_give_the_same_scores():
+    """One batched search over a candidate's references scores the references near the
+    best exactly as verifying each pair alone does (the others skip only the last
+    refinement, which never lowers a score); one it sets aside scores no better alone than
+    the best."""
+    from deepssim.verify import PHOTOMETRIC_MARGIN
+
+    source = load("colin27", 90)
+    refs = np.stack([load("colin27", 84), source, load("colin27", 88), load("nibabel_example4d", 12),
+                     load("icbm152_2009_template", 100)])
+    cand = disguised_copy(source)
+    batched = verify_candidate(cand, refs)
+    alone = [verify_pair(cand, r) for r in refs]
+    best = int(np.nanargmax([a.score for a in batched]))
+    assert best == 1 and batched[1].score > 0.85
+    kept = [j for j, a in enumerate(batched) if a.verified]
+    assert 1 in kept and len(kept) < len(refs)
+    for j in kept:
+        if batched[best].score - batched[j].score <= PHOTOMETRIC_MARGIN:
+            assert batched[j].score == pytest.approx(alone[j].score, abs=1e-4)
+        else:
+            assert alone[j].score >= batched[j].score - 1e-6
+    for j in set(range(len(refs))) - set(kept):
+        assert np.isnan(batched[j].score) and alone[j].score < batched[best].score
+
+
+def test_copy_carrying_every_nuisance_at_once_is_found():
+    from deepssim.augment import Compose, RandomAffine, RandomBiasField, RandomBlur, RandomDihedral, RandomGamma, RandomNoise
+
+    every = Compose([RandomDihedral(1.0, 1.0), RandomAffine(12.0, 0.06, (0.92, 1.08)), RandomGamma((0.6, 1.5)),
+                     RandomBiasField(0.3, 1.0), RandomBlur((0.8,), 1.0), RandomNoise((0.02, 0.02), 1.0)])
+    for subject, index in (("colin27", 90), ("heudiconv_crlab", 15), ("nibabel_example4d", 12)):
+        ref = load(subject, index)
+        cand = _nuisance_of(every, ref, seed=index)
+        assert reference_ssim(cand, ref) < 0.6
+        assert verify_pair(cand, ref).score > 0.9
+
+
+def test_patch_edit_scores_within_005_of_its_aligned_ssim():
+    """Replaced patches must not pull the photometric fit or the alignment: the score stays
+    with the edit's aligned SSIM, as it is and after a flip, turn, rotation and gamma."""
+    from deepssim.benchmark import similar_edit
+
+    ref, other = load("colin27", 90), load("colin27", 60)
+    edited, truth = similar_edit(ref, other, "patch", 0.8, seed=3)
+    assert verify_pair(edited, ref).score == pytest.approx(truth, abs=0.05)
+    assert verify_pair(_nuisance_of(_geometric_and_gamma(), edited, seed=1), ref).score == pytest.approx(truth, abs=0.05)
+
+
+def test_neighbouring_slice_is_scored_like_its_aligned_ssim():
+    """A slice 3 mm from a registered one (what a generator interpolating a volume makes),
+    flipped, turned, rotated and re-contrasted: scored at its aligned SSIM to the
+    registered slice, not lifted to a copy by the alignment search."""
+    registered, neighbour = load("colin27", 90), load("colin27", 93)
+    truth = reference_ssim(neighbour, registered)
+    assert 0.6 < truth < 0.85
+    cand = _nuisance_of(_geometric_and_gamma(), neighbour, seed=2)
+    assert verify_pair(cand, registered).score == pytest.approx(truth, abs=0.05)
