@@ -112,7 +112,10 @@ class VerificationConfig:
     embedding score make the final score ("max" | "verification", see
     ``deepssim.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
     by side (0: one per CPU core, at most 8; 1: in the calling process), see
-    :mod:`deepssim.parallel`.  See :mod:`deepssim.verify` for the score.
+    :mod:`deepssim.parallel`; ``device``: where the verification computes ("cpu", "cuda" or
+    "auto": CUDA where present) — on a GPU, candidates are verified in the calling process
+    (one after another, each batched on the device).  See :mod:`deepssim.verify` for the
+    score.
     """
 
     enabled: bool = True
@@ -133,8 +136,11 @@ class VerificationConfig:
     # similar images called duplicates
     fusion: str = "verification"
     workers: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"verification device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0:
             raise ValueError(f"verification workers must be >= 0 (0: one per core), got {self.workers}")
         if self.top_k < 1 or self.max_k < self.top_k or self.margin < 0:

@@ -139,6 +139,7 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     verified on ``config.workers`` processes (:func:`deepssim.parallel.ordered_map`).
     """
     from .parallel import ordered_map
+    from .verify import resolve_device
 
     q = len(candidates)
     score = emb_scores[:, 0].astype(np.float64).copy() if q else np.zeros(0)
@@ -151,7 +152,9 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
     jobs = ((np.asarray(candidates[i], np.float32),
              load_references(emb_index[i, :config.neighbours_to_verify(emb_scores[i])]), config) for i in todo)
-    for done, (i, results) in enumerate(zip(todo, ordered_map(_verify_job, jobs, len(todo), config.workers)), 1):
+    # a GPU is shared by one process: forked workers cannot use the CUDA context of this one
+    workers = config.workers if resolve_device(config.device) == "cpu" else 1
+    for done, (i, results) in enumerate(zip(todo, ordered_map(_verify_job, jobs, len(todo), workers)), 1):
         best = int(np.nanargmax([r.score for r in results]))  # NaN: a neighbour the search set aside
         ver_score[i] = results[best].score
         score[i] = float(fuse_scores(np.float64(emb_scores[i, 0]), np.float64(ver_score[i]), config.fusion))

@@ -135,9 +135,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=x.shape[-1] > size)
 
 
-def _gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=dtype)
+    t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
 
@@ -146,7 +146,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, 1, H, W) with reflect padding."""
     if sigma <= 0:
         return x
-    k = _gaussian_kernel(sigma, x.dtype)
+    k = _gaussian_kernel(sigma, x.dtype, x.device)
     radius = len(k) // 2
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, k.view(1, 1, 1, -1))
@@ -165,16 +165,18 @@ def _dihedral(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
     return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
 
 
-_BASE_GRIDS: dict[int, torch.Tensor] = {}
+_BASE_GRIDS: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
-def _base_grid(size: int) -> torch.Tensor:
-    """(size*size, 3) homogeneous pixel-centre coordinates in [-1, 1] (align_corners=False)."""
-    if size not in _BASE_GRIDS:
-        lin = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
+def _base_grid(size: int, device: torch.device | None = None) -> torch.Tensor:
+    """(size*size, 3) homogeneous pixel-centre coordinates in [-1, 1] (align_corners=False),
+    on ``device`` (default: torch's current default device)."""
+    device = torch.empty(0, device=device).device
+    if (size, device) not in _BASE_GRIDS:
+        lin = (torch.arange(size, dtype=torch.float32, device=device) * 2 + 1) / size - 1
         yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-        _BASE_GRIDS[size] = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(-1, 3)
-    return _BASE_GRIDS[size]
+        _BASE_GRIDS[size, device] = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(-1, 3)
+    return _BASE_GRIDS[size, device]
 
 
 def _theta(degrees: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, size: int) -> torch.Tensor:
@@ -193,7 +195,7 @@ def _sample(x: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """Bilinear resampling of (B or 1, 1, S, S) through (B, 2, 3) ``theta`` (zero padding);
     returns the images and a (B, 1, S, S) bool mask of pixels sampled inside the input."""
     n, size = theta.shape[0], x.shape[-1]
-    grid = (_base_grid(size) @ theta.transpose(1, 2)).view(n, size, size, 2)
+    grid = (_base_grid(size, theta.device) @ theta.transpose(1, 2)).view(n, size, size, 2)
     warped = F.grid_sample(x.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False)
     valid = (grid.abs() <= 1 - 1 / size + 1e-6).all(-1).unsqueeze(1)
@@ -207,7 +209,7 @@ def _affine(x: torch.Tensor, degrees: torch.Tensor, scale: torch.Tensor,
     Returns the warped images and a (B, 1, S, S) bool mask of the pixels that sample
     wholly inside the input's field of view."""
     if shift is None:
-        shift = torch.zeros(x.shape[0], 2)
+        shift = torch.zeros(x.shape[0], 2, device=x.device)
     return _sample(x, _theta(degrees, scale, shift, x.shape[-1]))
 
 
@@ -219,7 +221,7 @@ def _dihedral_matrix(flip: bool, turns: int) -> torch.Tensor:
     coordinates (a signed permutation, exact on the pixel grid), read off the function
     itself so the two can never disagree."""
     if (flip, turns) not in _DIHEDRAL_MATRICES:
-        coords = _base_grid(4)[:, :2].T.reshape(1, 2, 4, 4)
+        coords = _base_grid(4, torch.device("cpu"))[:, :2].T.reshape(1, 2, 4, 4)
         moved = _dihedral(coords, flip, turns).reshape(2, -1)
         _DIHEDRAL_MATRICES[flip, turns] = torch.linalg.lstsq(coords.reshape(2, -1).T, moved.T).solution.T.round()
     return _DIHEDRAL_MATRICES[flip, turns]
@@ -234,7 +236,7 @@ def _reference_in_candidate_frame(reference: torch.Tensor, hyps: list[_Hypothesi
     the affine map).  ``shifts`` (H, 2) in full-resolution pixels."""
     theta = _theta(degrees, scales, shifts, reference.shape[-1])
     inverse = torch.linalg.inv(theta[:, :, :2])
-    undo = torch.stack([torch.linalg.inv(_dihedral_matrix(h.flip, h.turns)) for h in hyps])
+    undo = torch.stack([torch.linalg.inv(_dihedral_matrix(h.flip, h.turns)) for h in hyps]).to(theta.device)
     return _sample(reference, torch.cat([inverse @ undo, -inverse @ theta[:, :, 2:]], 2))
 
 
@@ -245,7 +247,7 @@ def _quadratic_basis(size: int) -> torch.Tensor:
     return torch.stack([torch.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy]).flatten(1).T
 
 
-_BASIS_PRODUCTS: dict[int, torch.Tensor] = {}
+_BASIS_PRODUCTS: dict[tuple[int, torch.device], torch.Tensor] = {}
 ROBUST_ROUNDS = 3  # reweighted refits of the intensity map
 MEDIAN_STRIDE = 7  # the residuals' scale is the median of every 7th pixel's (a sort of 16k costs)
 
@@ -265,16 +267,16 @@ def _weighted_least_squares(x: torch.Tensor, basis: torch.Tensor, y: torch.Tenso
     for x, y, w (B, N) and a shared basis (N, P), from the normal equations: their
     basis × basis block is one (B, N) @ (N, P²) product instead of a (B, N, 1 + P) design.
     Sums in float64: in float32 the solution moved in the 6th decimal with the batch."""
-    size = basis.shape[0]
-    if size not in _BASIS_PRODUCTS:
-        _BASIS_PRODUCTS[size] = (basis[:, :, None] * basis[:, None, :]).flatten(1).double()
+    key = (basis.shape[0], basis.device)
+    if key not in _BASIS_PRODUCTS:
+        _BASIS_PRODUCTS[key] = (basis[:, :, None] * basis[:, None, :]).flatten(1).double()
     p = basis.shape[1]
     w, x, y, basis = weight.double(), x.double(), y.double(), basis.double()
     wx = w * x
     system = torch.empty(w.shape[0], p + 1, p + 1, dtype=torch.float64)
     system[:, 0, 0] = (wx * x).sum(1)
     system[:, 0, 1:] = system[:, 1:, 0] = wx @ basis
-    system[:, 1:, 1:] = (w @ _BASIS_PRODUCTS[size]).view(-1, p, p)
+    system[:, 1:, 1:] = (w @ _BASIS_PRODUCTS[key]).view(-1, p, p)
     rhs = torch.cat([(wx * y).sum(1, keepdim=True), (w * y) @ basis], 1)
     system = system + 1e-9 * torch.eye(p + 1, dtype=torch.float64)
     return torch.linalg.solve(system, rhs.unsqueeze(2))[..., 0].float()
@@ -330,7 +332,7 @@ def noise_sd(image: torch.Tensor, valid: torch.Tensor | None = None) -> float:
     absolute response of the Laplacian-difference filter [[1,-2,1],[-2,4,-2],[1,-2,1]]
     (Immerkær 1996), which cancels smooth anatomy, divided by its noise gain 6 × 0.6745.
     ``valid`` (1, 1, S, S) bool restricts it to a region."""
-    kernel = torch.tensor([[1., -2., 1.], [-2., 4., -2.], [1., -2., 1.]], dtype=image.dtype)
+    kernel = torch.tensor([[1., -2., 1.], [-2., 4., -2.], [1., -2., 1.]], dtype=image.dtype, device=image.device)
     response = F.conv2d(image, kernel.view(1, 1, 3, 3))[0, 0].abs()
     if valid is not None:
         inner = valid[0, 0, 1:-1, 1:-1]
@@ -393,7 +395,7 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
     vy = cov_norm * (uyy - uy * uy)
     vxy = cov_norm * (uxy - ux * uy)
     if noise_var_b is not None:
-        noise = torch.as_tensor(noise_var_b, dtype=a.dtype).reshape(-1, 1, 1, 1)
+        noise = torch.as_tensor(noise_var_b, dtype=a.dtype, device=a.device).reshape(-1, 1, 1, 1)
         vy = (vy - noise / sd_b ** 2).clamp_min(0)
     if terms == "ssim":
         s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
@@ -571,7 +573,8 @@ def _gauss_newton(moving: torch.Tensor, target: torch.Tensor, rows: _Rows, itera
     for _ in range(max(0, iterations)):
         lhs = system + damping * torch.diag_embed(system.diagonal(dim1=1, dim2=2)) + 1e-9 * eye
         step = torch.nan_to_num(torch.linalg.solve(lhs, rhs.unsqueeze(2))[:, :4, 0].float())
-        trial = params + torch.maximum(torch.minimum(step, MAX_STEP), -MAX_STEP)
+        limit = MAX_STEP.to(step.device)
+        trial = params + torch.maximum(torch.minimum(step, limit), -limit)
         trial_system, trial_rhs, trial_ncc = _linearised(stack, target, trial)
         better = trial_ncc > ncc
         params = torch.where(better[:, None], trial, params)
@@ -592,7 +595,7 @@ def _linearised(stack: torch.Tensor, target: torch.Tensor, params: torch.Tensor
     size = stack.shape[-1]
     degrees, log_scale = params[:, 0], params[:, 1]
     theta = _theta(degrees, torch.exp(log_scale), params[:, 2:], size)
-    grid = _base_grid(size) @ theta.transpose(1, 2)                       # (R, N, 2)
+    grid = _base_grid(size, theta.device) @ theta.transpose(1, 2)         # (R, N, 2)
     n = grid.shape[0]
     sampled = F.grid_sample(stack, grid.view(n, size, size, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=False).flatten(2)               # (R, 3, N)
@@ -695,7 +698,7 @@ def _equalise(x: torch.Tensor, bins: int = EQUALISE_BINS) -> torch.Tensor:
     flat = x.flatten(1)
     n = flat.shape[1]
     index = (flat.clamp(0, 1) * (bins - 1)).round().long()
-    offset = torch.arange(flat.shape[0]).unsqueeze(1) * bins
+    offset = torch.arange(flat.shape[0], device=x.device).unsqueeze(1) * bins
     counts = torch.bincount((index + offset).flatten(), minlength=flat.shape[0] * bins)
     counts = counts.view(-1, bins).to(x.dtype)
     below = counts.cumsum(1) - counts
@@ -882,6 +885,15 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     return out
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"``: CUDA where present, else the CPU; ``"cpu"`` / ``"cuda"`` as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown verification device {device!r} (auto | cpu | cuda)")
+    return device
+
+
 def verify_candidate(candidate: np.ndarray, references: np.ndarray,
                      config: VerificationConfig = VerificationConfig()) -> list[Alignment]:
     """Verify one candidate against each of its references (e.g. its nearest training
@@ -912,8 +924,9 @@ def verify_candidate(candidate: np.ndarray, references: np.ndarray,
     usable = [j for j in range(len(references)) if references[j].std() > 0]
     out = [constant] * len(references)
     if usable:
-        with torch.no_grad():
-            found = _verify_references(_to_tensor(candidate), torch.from_numpy(references[usable])[:, None], config)
+        # the same code on either device: tensors made inside follow torch's default device
+        with torch.no_grad(), torch.device(resolve_device(config.device)):
+            found = _verify_references(_to_tensor(candidate), torch.tensor(references[usable])[:, None], config)
         for j, alignment in zip(usable, found):
             out[j] = alignment
     return out

@@ -80,7 +80,8 @@ def _settings(similar: float, duplicate: float, max_duplicates: int, max_similar
         parts = dict(thresholds=Thresholds(similar, duplicate, source),
                      policy=GatePolicy(max_duplicates=max_duplicates, max_similar_fraction=max_similar_fraction,
                                        fail_on_quarantined=not allow_quarantined),
-                     search=SearchConfig(k=k), verification=VerificationConfig(enabled=verify, workers=verify_workers))
+                     search=SearchConfig(k=k),
+                     verification=VerificationConfig(enabled=verify, workers=verify_workers, device=device))
     except ValueError as exc:
         _usage_error(exc)
     return _valid_settings(**parts, device=device, precision=precision, batch_size=batch_size, store_wait_s=wait)

@@ -269,3 +269,21 @@ def test_neighbouring_slice_is_scored_like_its_aligned_ssim():
     assert 0.6 < truth < 0.85
     cand = _nuisance_of(_geometric_and_gamma(), neighbour, seed=2)
     assert verify_pair(cand, registered).score == pytest.approx(truth, abs=0.05)
+
+
+def test_unknown_verification_device_is_refused():
+    with pytest.raises(ValueError, match="device"):
+        VerificationConfig(device="tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the device machine)")
+def test_gpu_verification_matches_the_cpu():
+    source = load("colin27", 90)
+    refs = np.stack([load("colin27", 86), source, load("nibabel_example4d", 12)])
+    cand = disguised_copy(source)
+    cpu = verify_candidate(cand, refs, VerificationConfig(device="cpu"))
+    gpu = verify_candidate(cand, refs, VerificationConfig(device="cuda"))
+    assert [a.verified for a in gpu] == [a.verified for a in cpu]
+    for a, b in zip(cpu, gpu):
+        if a.verified:
+            assert b.score == pytest.approx(a.score, abs=2e-3) and b.dihedral == a.dihedral
