@@ -72,7 +72,8 @@ from .config import VerificationConfig
 
 COARSE_SIZE = 32
 COARSE_SCALES = (0.9, 1.0, 1.1)
-COARSE_REFERENCES = 6  # references refined past the coarse grid, at most
+EMBEDDING_FIRST = 2  # the first references (the embedding's nearest) are always refined past the coarse grid
+COARSE_REFERENCES = 6  # other references refined past the coarse grid, at most
 COARSE_MARGIN = 0.15  # ... and only those whose coarse score is this close to the best's
 SEEDS_PER_REFERENCE = 3  # symmetries per reference refined at compare_size
 ROWS_PER_REFERENCE = 2  # of those, refined again at full resolution and scored
@@ -643,12 +644,12 @@ def _refine(images: _SearchImages, rows: _Rows, side: int, from_side: int, itera
 
 
 def _select(rows: _Rows, scores: torch.Tensor, per_reference: int, references: int, margin: float,
-            k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            k: int | None = None, always: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the rows worth refining further: the best ``per_reference`` rows of each
     of the references whose best score is within ``margin`` of the best reference's (at
-    most ``references`` of them).  Also returns each reference's best score (k,), NaN for
-    references without rows (``k``: the number of references, default the largest index
-    present + 1)."""
+    most ``references`` of them), and of the first ``always`` references whatever their
+    score.  Also returns each reference's best score (k,), NaN for references without rows
+    (``k``: the number of references, default the largest index present + 1)."""
     k = k if k is not None else (int(rows.ref.max()) + 1 if len(rows) else 0)
     best = torch.full((k,), float("nan"))
     for j in range(k):
@@ -658,6 +659,7 @@ def _select(rows: _Rows, scores: torch.Tensor, per_reference: int, references: i
     order = torch.nan_to_num(best, nan=-2.0).argsort(descending=True)
     top = float(best[order[0]]) if k else 0.0
     keep_refs = [int(j) for j in order[:references] if float(best[j]) >= top - margin]
+    keep_refs += [j for j in range(min(always, k)) if j not in keep_refs and not math.isnan(float(best[j]))]
     keep = []
     for j in keep_refs:
         mine = torch.nonzero(rows.ref == j).flatten()
@@ -817,12 +819,14 @@ def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) 
     kept unrefined too (:func:`_identity_rows`); the final score decides among them."""
     images = _search_images(cand, refs, (COARSE_SIZE, config.compare_size))
     seeds, coarse = _coarse_seeds(images, config)
-    keep, _ = _select(seeds, coarse, 8, COARSE_REFERENCES, COARSE_MARGIN)
+    keep, coarse_scores = _select(seeds, coarse, 8, COARSE_REFERENCES, COARSE_MARGIN, always=EMBEDDING_FIRST)
     rows, scores = _refine(images, seeds.take(keep), COARSE_SIZE, COARSE_SIZE, config.refine_steps)
     keep, _ = _select(rows, scores, SEEDS_PER_REFERENCE, COARSE_REFERENCES, 2.0)
     rows, scores = _refine(images, rows.take(keep), config.compare_size, COARSE_SIZE, config.refine_steps)
     keep, ref_scores = _select(rows, scores, ROWS_PER_REFERENCE, FULL_REFERENCES, REFERENCE_MARGIN,
-                               len(refs))
+                               len(refs), always=1)
+    # a reference set aside at the coarse grid is reported with its coarse score
+    ref_scores = torch.where(torch.isnan(ref_scores), coarse_scores, ref_scores)
     size = cand.shape[-1]
     identity = _identity_rows(rows.ref[keep].unique())
     mid = _Rows.cat([rows.take(keep).rescaled(size / config.compare_size), identity])
@@ -863,8 +867,8 @@ def _alignment(rows: _Rows, i: int, scores: torch.Tensor, config: VerificationCo
 
 
 def _not_verified(score: float, best: float) -> Alignment:
-    return Alignment(float("nan"), f"not verified: alignment score {score:.3f} at the search resolution, "
-                                   f"{best - score:.3f} below the best neighbour's", verified=False)
+    return Alignment(float("nan"), f"not verified: search score {score:.3f}, {best - score:.3f} below the best "
+                                   f"neighbour's", verified=False)
 
 
 def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) -> list[Alignment]:
@@ -899,11 +903,14 @@ def verify_candidate(candidate: np.ndarray, references: np.ndarray,
     """Verify one candidate against each of its references (e.g. its nearest training
     images by embedding), all references in one batched search.
 
-    A reference whose alignment at the search resolution is far (``REFERENCE_MARGIN``)
-    below the best reference's, or beyond the ``FULL_REFERENCES`` best, gets no final
-    score: its :class:`Alignment` has ``verified=False`` and a NaN score (it cannot be the
-    best match).  References near the best are scored and polished exactly as
-    :func:`verify_pair` scores them alone.
+    A reference whose alignment at the search resolution is far (``COARSE_MARGIN``,
+    ``REFERENCE_MARGIN``) below the best reference's, or beyond the ``COARSE_REFERENCES``
+    / ``FULL_REFERENCES`` best, gets no final score: its :class:`Alignment` has
+    ``verified=False`` and a NaN score (it cannot be the best match).  The first
+    ``EMBEDDING_FIRST`` references (pass them nearest first) are never set aside at the
+    coarse grid, the first never at all: in a cohort of look-alike reslicings the coarse
+    grid cannot tell the source from its neighbours.  References near the best are scored
+    exactly as :func:`verify_pair` scores them alone.
 
     Args:
         candidate: (S, S) float in [0, 1].
