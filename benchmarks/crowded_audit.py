@@ -15,7 +15,8 @@ What it does:
    crowd every candidate's ranking.  Nearly empty slices (< 5 % of pixels above 10 % of the
    volume's window) are skipped.  One folder per volume/rotation/axis.
 2. **Candidates** (``--candidates``), interleaved so any prefix holds the same mix:
-   ``copy`` — a cohort slice under :func:`deepssim.augment.nuisance_augment`, quantised to 8 bit;
+   ``copy`` — a cohort slice's 128 px model input under :func:`deepssim.augment.nuisance_augment`,
+   quantised to 8 bit;
    ``neighbour`` — a slice of the same volumes at a rotation that is NOT in the cohort;
    ``different`` — a slice of another subject (``../shared/data/slices/brain_mri`` other than
    colin27/icbm152, ``deepssim_extra_data`` other than the two folders of unknown, possibly
@@ -153,13 +154,17 @@ def build_cohort(work: Path, size: int) -> Path:
     return root
 
 
-def _nuisance_copy(image_u8: np.ndarray, seed: int, strength: float) -> np.ndarray:
+def _nuisance_copy(path: Path, seed: int, strength: float) -> np.ndarray:
+    """The slice at ``path`` as the gate sees it (its square model input) under the
+    nuisances, as 8-bit: applied to the native, non-square slice, a rotation in normalised
+    coordinates would shear it — no nuisance the gate models, nor one a generator makes."""
     import torch
 
+    from deepssim.api import load_image
     from deepssim.augment import nuisance_augment
 
     gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(image_u8.astype(np.float32) / 255.0)[None, None]
+    x = torch.from_numpy(load_image(path))[None, None]
     out = nuisance_augment(strength)(x, gen)[0, 0].numpy()
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
@@ -171,7 +176,8 @@ def build_candidates(work: Path, cohort: Path, n: int, seed: int, strength: floa
 
     root = work / "candidates"
     stamp = root / "candidates.json"
-    recipe = {"n": n, "seed": seed, "strength": strength, "cohort": json.loads((cohort / "cohort.json").read_text())}
+    recipe = {"n": n, "seed": seed, "strength": strength, "copies": "model-input-v2",
+              "cohort": json.loads((cohort / "cohort.json").read_text())}
     if stamp.exists() and json.loads(stamp.read_text()) == recipe:
         with open(root / "truth.csv") as f:
             return root / "all", list(csv.DictReader(f))
@@ -205,7 +211,7 @@ def build_candidates(work: Path, cohort: Path, n: int, seed: int, strength: floa
         name = f"{i:04d}_{kind}.png"
         if kind == "copy":
             src = copies[j]
-            image = _nuisance_copy(np.asarray(Image.open(src).convert("L")), seed * 100_003 + i, strength)
+            image = _nuisance_copy(src, seed * 100_003 + i, strength)
             source = src.relative_to(cohort).as_posix()
         elif kind == "neighbour":
             vname, rot, axis, idx, image = neighbours[j]
