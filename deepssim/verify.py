@@ -83,10 +83,7 @@ PHOTOMETRIC_MARGIN = 0.05  # references scoring this close to the best get the p
 LOCAL_CONTRAST_SIGMA = 3.0  # px at side 64: the window of the search images' local contrast
 SMOOTH_SIGMA = 0.7  # smoothing (px at compare_size) of the images the search compares
 MAX_SHIFT_FRACTION = 0.25
-SEARCH_DENOISE = 1.0  # smoothing (full-resolution px) before rank equalisation, which would magnify noise
 FULL_REFINE_SIGMA = 1.0  # smoothing (full-resolution px) of the full-resolution refinement
-# the two searches: (smoothing in px, intensity bins) before rank equalisation
-SEARCH_VARIANTS = ((0.0, 4096),)
 MAX_STEP = torch.tensor([2.0, 0.03, 1.5, 1.5])  # one refinement step: degrees, log zoom, dy, dx (px)
 SATURATED = 1 - 0.5 / 255  # candidate pixels at or above this lost their structure to clipping
 MAX_LOG_FIELD = 2.0  # the shading fitted is at most exp(±2), the range of the benchmark's bias fields
@@ -417,23 +414,22 @@ class _Rows:
     """Alignment hypotheses of one candidate against several references, one per row.
 
     ``ref`` (R,) index into the references, ``dihedral`` (R,) index into ``DIHEDRAL``,
-    ``variant`` (R,) index into ``SEARCH_VARIANTS``, ``degrees`` (R,), ``scales`` (R,) and
+    ``degrees`` (R,), ``scales`` (R,) and
     ``shifts`` (R, 2) pixels (dy, dx) at the side the rows were last refined at: the
     mapping from the reference frame to the flipped/turned candidate (:func:`_theta`)."""
 
     ref: torch.Tensor
     dihedral: torch.Tensor
-    variant: torch.Tensor
     degrees: torch.Tensor
     scales: torch.Tensor
     shifts: torch.Tensor
 
     def take(self, index: torch.Tensor) -> "_Rows":
-        return _Rows(self.ref[index], self.dihedral[index], self.variant[index], self.degrees[index],
-                     self.scales[index], self.shifts[index])
+        return _Rows(self.ref[index], self.dihedral[index], self.degrees[index], self.scales[index],
+                     self.shifts[index])
 
     def with_geometry(self, degrees: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor) -> "_Rows":
-        return _Rows(self.ref, self.dihedral, self.variant, degrees, scales, shifts)
+        return _Rows(self.ref, self.dihedral, degrees, scales, shifts)
 
     def rescaled(self, factor: float) -> "_Rows":
         return self.with_geometry(self.degrees, self.scales, self.shifts * factor)
@@ -441,7 +437,7 @@ class _Rows:
     @staticmethod
     def cat(parts: list["_Rows"]) -> "_Rows":
         return _Rows(*(torch.cat([getattr(p, name) for p in parts])
-                       for name in ("ref", "dihedral", "variant", "degrees", "scales", "shifts")))
+                       for name in ("ref", "dihedral", "degrees", "scales", "shifts")))
 
     def hypothesis(self, i: int) -> _Hypothesis:
         flip, turns = DIHEDRAL[int(self.dihedral[i])]
@@ -466,10 +462,10 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _SearchImages:
-    """Rank-equalised search images of one candidate and its k references, per search
-    variant (``SEARCH_VARIANTS``), at full resolution (V, 1, S, S) / (V, k, 1, S, S) and
-    at each side of ``pyramid`` smoothed by ``SMOOTH_SIGMA``: the candidate under each
-    symmetry (V, 8, 1, s, s) and the references (V, k, 1, s, s)."""
+    """Rank-equalised search images of one candidate and its k references, at full
+    resolution (1, 1, S, S) / (k, 1, S, S) and at each side of ``pyramid`` in local contrast
+    (:func:`_search_view`): the candidate under each symmetry (8, 1, s, s) and the
+    references (k, 1, s, s)."""
 
     cand: torch.Tensor
     refs: torch.Tensor
@@ -494,12 +490,9 @@ def _search_view(x: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def _search_images(cand: torch.Tensor, refs: torch.Tensor, sides: tuple[int, ...]) -> _SearchImages:
-    cands = [_equalise(_gaussian_blur(cand, sigma), bins) for sigma, bins in SEARCH_VARIANTS]
-    refses = [_equalise(_gaussian_blur(refs, sigma), bins) for sigma, bins in SEARCH_VARIANTS]
-    pyramid = {side: (torch.stack([_dihedral_views(_search_view(c, side)) for c in cands]),
-                      torch.stack([_search_view(r, side) for r in refses]))
-               for side in sides}
-    return _SearchImages(torch.cat(cands), torch.stack(refses), pyramid)
+    cand, refs = _equalise(cand), _equalise(refs)
+    pyramid = {side: (_dihedral_views(_search_view(cand, side)), _search_view(refs, side)) for side in sides}
+    return _SearchImages(cand, refs, pyramid)
 
 
 def _coarse_grid(config: VerificationConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -512,38 +505,32 @@ def _coarse_seeds(images: _SearchImages, config: VerificationConfig) -> tuple[_R
     """Rank every symmetry × rotation × zoom of the grid for every reference by the peak
     normalised cross-correlation over shifts (FFT, at ``COARSE_SIZE``; the candidate's
     rotated views are made once and shared by all references), and keep for each
-    reference and each of the 8 symmetries its best grid point, from the search variant
-    that scored it higher.  A near-symmetric anatomy (a brain's two hemispheres, a
+    reference and each of the 8 symmetries its best grid point.  A near-symmetric anatomy (a brain's two hemispheres, a
     blurry EPI slice) makes a wrong symmetry score as well as the right one at this
     resolution: every symmetry goes on to the refinement, which decides.
     Returns the seed rows (8 per reference, shifts in pixels at ``COARSE_SIZE``) and
     their coarse scores (8k,)."""
     degrees, scales = _coarse_grid(config)
     g = len(degrees)
-    n_variants, k = images.refs.shape[:2]
+    k = images.refs.shape[0]
     size = COARSE_SIZE
     views, refs = images.pyramid[size]
-    rotated, _ = _affine(views.flatten(0, 1).repeat_interleave(g, 0), degrees.repeat(8 * n_variants),
-                         scales.repeat(8 * n_variants))
-    cand_f = torch.fft.rfft2(_unit(rotated)).view(n_variants, 1, 8 * g, size, size // 2 + 1)
-    ref_f = torch.fft.rfft2(_unit(refs)).view(n_variants, k, 1, size, -1)
+    rotated, _ = _affine(views.repeat_interleave(g, 0), degrees.repeat(8), scales.repeat(8))
+    cand_f = torch.fft.rfft2(_unit(rotated)).view(1, 8 * g, size, size // 2 + 1)
+    ref_f = torch.fft.rfft2(_unit(refs)).view(k, 1, size, -1)
     corr = torch.fft.irfft2(ref_f * cand_f.conj(), s=(size, size))
     far = (torch.fft.fftfreq(size) * size).abs() > MAX_SHIFT_FRACTION * size
     corr = corr.masked_fill(far.view(-1, 1) | far.view(1, -1), -1.0)
     scores, peak = corr.flatten(-2).max(-1)
-    scores, peak = scores.view(n_variants, k, 8, g), peak.view(n_variants, k, 8, g)
-    best_grid, grid_index = scores.max(-1)                     # (V, k, 8)
-    per_symmetry, variant = best_grid.max(0)                   # (k, 8)
+    scores, peak = scores.view(k, 8, g), peak.view(k, 8, g)
+    best, point = scores.max(-1)                               # (k, 8)
     ref = torch.arange(k).repeat_interleave(8)
     dihedral = torch.arange(8).repeat(k)
-    seed_scores = per_symmetry.flatten()
-    variant = variant[ref, dihedral]
-    point = grid_index[variant, ref, dihedral]
-    at = peak[variant, ref, dihedral, point]
+    point = point.flatten()
+    at = peak[ref, dihedral, point]
     offsets = torch.fft.fftfreq(size) * size  # the peak's signed shift, in the convention of _theta
     shifts = torch.stack([offsets[at // size], offsets[at % size]], 1)
-    rows = _Rows(ref, dihedral, variant, degrees[point], scales[point], shifts)
-    return rows, seed_scores
+    return _Rows(ref, dihedral, degrees[point], scales[point], shifts), best.flatten()
 
 
 def _image_gradients(x: torch.Tensor) -> torch.Tensor:
@@ -625,9 +612,9 @@ def _linearised(stack: torch.Tensor, target: torch.Tensor, params: torch.Tensor
 
 
 def _warp_rows(views: torch.Tensor, targets: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the candidate view ``views[variant, dihedral]`` (V, 8, 1, s, s) and the
-    reference ``targets[variant, ref]`` (V, k, 1, s, s): (R, 1, s, s) each."""
-    return views[rows.variant, rows.dihedral], targets[rows.variant, rows.ref]
+    """Per row, the candidate view ``views[dihedral]`` (8, 1, s, s) and the reference
+    ``targets[ref]`` (k, 1, s, s): (R, 1, s, s) each."""
+    return views[rows.dihedral], targets[rows.ref]
 
 
 def _refine(images: _SearchImages, rows: _Rows, side: int, from_side: int, iterations: int
@@ -830,9 +817,8 @@ def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) 
     size = cand.shape[-1]
     identity = _identity_rows(rows.ref[keep].unique())
     mid = _Rows.cat([rows.take(keep).rescaled(size / config.compare_size), identity])
-    full_views = torch.stack([_gaussian_blur(_dihedral_views(images.cand[v:v + 1]), FULL_REFINE_SIGMA)
-                              for v in range(len(SEARCH_VARIANTS))])
-    full_refs = _gaussian_blur(images.refs.flatten(0, 1), FULL_REFINE_SIGMA).view_as(images.refs)
+    full_views = _gaussian_blur(_dihedral_views(images.cand), FULL_REFINE_SIGMA)
+    full_refs = _gaussian_blur(images.refs, FULL_REFINE_SIGMA)
     refined = _gauss_newton(*_warp_rows(full_views, full_refs, mid), mid, config.full_refine_steps)
     return _Rows.cat([refined, identity]), ref_scores
 
@@ -841,8 +827,7 @@ def _identity_rows(refs: torch.Tensor) -> _Rows:
     """The untransformed alignment for each of ``refs``: a generator's samples come in the
     training images' frame, and one large edit can pull the search elsewhere."""
     n = len(refs)
-    zeros = torch.zeros(n, dtype=torch.long)
-    return _Rows(refs, zeros, zeros, torch.zeros(n), torch.ones(n), torch.zeros(n, 2))
+    return _Rows(refs, torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.ones(n), torch.zeros(n, 2))
 
 
 def _best_per_reference(scores: torch.Tensor, rows: _Rows) -> torch.Tensor:
