@@ -97,8 +97,10 @@ class VerificationConfig:
     within ``margin`` of the candidate's best, ``max_k`` images at most: the embedding
     over-scores other slices of one series, so a copy's source can rank well below slices
     that look alike (BENCHMARKS.md, "Verification").  All of them are searched in one batch
-    at coarse resolution, and only the few that align best are refined and scored, so 15
-    cost about twice what 5 do (:func:`deepssim.verify.verify_candidate`).
+    at coarse resolution, and only the few that align best are refined and scored, so 30
+    cost little more than 15 (:func:`deepssim.verify.verify_candidate`; in a 10,000-slice
+    cohort of look-alike reslicings 30 instead of 15 found 92 instead of 86 of 100 copies
+    for 24 % more time, BENCHMARKS.md).
     ``compare_size``: side (px) at which the alignment is searched; ``refine_steps`` /
     ``full_refine_steps``: Gauss–Newton iterations of the rotation/zoom/shift refinement
     there (and at 32 px) and at full resolution; ``photometric_refine_steps``: iterations
@@ -120,9 +122,9 @@ class VerificationConfig:
 
     enabled: bool = True
     floor: float = 0.45
-    top_k: int = 15
+    top_k: int = 30
     margin: float = 0.05
-    max_k: int = 15
+    max_k: int = 30
     rotation_degrees: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     compare_size: int = 64
     refine_steps: int = 4
@@ -160,7 +162,7 @@ class SearchConfig:
     Verification checks some of them (``VerificationConfig.top_k`` … ``max_k``), so ``k``
     caps how far down the ranking a copy's source may sit and still be found."""
 
-    k: int = 15
+    k: int = 30
     candidate_block: int = 4096
     cohort_block: int = 65536
 

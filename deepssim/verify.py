@@ -795,15 +795,17 @@ def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) 
     (k, 1, S, S), in full-resolution pixels; and each reference's best score at
     ``compare_size`` (k,), which decides which references go on.
 
-    Coarse seeds for all references at once (:func:`_coarse_seeds`), each refined at
-    ``compare_size`` (``refine_steps`` Gauss–Newton iterations); the references within
-    ``REFERENCE_MARGIN`` of the best (``FULL_REFERENCES`` at most, so a crowd of
-    look-alike slices costs like a few) keep their ``ROWS_PER_REFERENCE`` best rows, which
-    are refined again at full resolution (``full_refine_steps``).  The search images are
-    rank-equalised (any monotonic contrast change is irrelevant) and in local contrast
-    (:func:`_search_view`).
-    The untransformed alignment of each of those references is refined beside them, and
-    kept unrefined too (:func:`_identity_rows`); the final score decides among them."""
+    Coarse seeds for all references at once (:func:`_coarse_seeds`); the references within
+    ``COARSE_MARGIN`` of the best (``COARSE_REFERENCES`` at most, plus the first
+    ``EMBEDDING_FIRST``) have every symmetry's seed refined at 32 px, their best
+    ``SEEDS_PER_REFERENCE`` again at ``compare_size`` (``refine_steps`` Gauss–Newton
+    iterations each); the references within ``REFERENCE_MARGIN`` of the best there
+    (``FULL_REFERENCES`` at most, plus the first, so a crowd of look-alike slices costs like a
+    few) keep their ``ROWS_PER_REFERENCE`` best rows, which are refined again at full
+    resolution (``full_refine_steps``).  The search images are rank-equalised (any monotonic
+    contrast change is irrelevant) and in local contrast (:func:`_search_view`).  The
+    untransformed alignment of each of those references is kept beside them
+    (:func:`_identity_rows`); the final score decides among them."""
     images = _search_images(cand, refs, (COARSE_SIZE, config.compare_size))
     seeds, coarse = _coarse_seeds(images, config)
     keep, coarse_scores = _select(seeds, coarse, 8, COARSE_REFERENCES, COARSE_MARGIN, always=EMBEDDING_FIRST)

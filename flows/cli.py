@@ -219,8 +219,8 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
                                                      "(0: one per CPU core, at most 8; 1: none)"),
           calibrated: bool = typer.Option(False, help="use the latest thresholds recorded by `deepssim calibrate` "
                                                        "for this cohort (else the latest global ones)"),
-          k: int = typer.Option(15, help="nearest training images searched per candidate; verification "
-                                             "aligns all of them (up to 15) and scores those that align best"),
+          k: int = typer.Option(30, "--k", "-k", help="nearest training images searched per candidate; verification "
+                                             "aligns all of them (up to 30) and scores those that align best"),
           model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           precision: PrecisionOption = "auto",
