@@ -9,9 +9,9 @@ DOWNLOAD_DIR must hold (found by glob, anywhere below it) the packages listed in
 SOURCES below, fetched with the ordinary clients and nothing else:
 
     pip download --no-deps -d DL pydicom-data==1.0.0
-    # pyradiomics 3.1.0's sdist reports version 3.0.1a1, so name the file directly:
-    pip download --no-deps -d DL "pyradiomics @ https://files.pythonhosted.org/packages/03/c1/\
-20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/pyradiomics-3.1.0.tar.gz"
+    # the source distribution of pyradiomics 3.1.0 (pyradiomics-3.1.0.tar.gz); its metadata
+    # reports version 3.0.1a1, so a resolving client may refuse it: fetch that one file by
+    # package name and version with your package client's download command, unbuilt
     (cd DL && apt-get download octave-dicom insighttoolkit5-examples elastix-doc)
     pip install --target DL/pydeps pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg
     rm -rf DL/pydeps/numpy*          # keep the venv's numpy
