@@ -138,8 +138,8 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     ``progress(done, total)`` is called after each verified candidate.  Candidates are
     verified on ``config.workers`` processes (:func:`deepssim.parallel.ordered_map`).
     """
+    from .embed import resolve_device
     from .parallel import ordered_map
-    from .verify import resolve_device
 
     q = len(candidates)
     score = emb_scores[:, 0].astype(np.float64).copy() if q else np.zeros(0)
@@ -153,7 +153,7 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     jobs = ((np.asarray(candidates[i], np.float32),
              load_references(emb_index[i, :config.neighbours_to_verify(emb_scores[i])]), config) for i in todo)
     # a GPU is shared by one process: forked workers cannot use the CUDA context of this one
-    workers = config.workers if resolve_device(config.device) == "cpu" else 1
+    workers = config.workers if resolve_device(config.device).type == "cpu" else 1
     for done, (i, results) in enumerate(zip(todo, ordered_map(_verify_job, jobs, len(todo), workers)), 1):
         best = int(np.nanargmax([r.score for r in results]))  # NaN: a neighbour the search set aside
         ver_score[i] = results[best].score

@@ -62,7 +62,7 @@ is one whose pair score would not have been the best).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -240,9 +240,9 @@ def _reference_in_candidate_frame(reference: torch.Tensor, hyps: list[_Hypothesi
 
 def _quadratic_basis(size: int) -> torch.Tensor:
     """(size*size, 6) monomials 1, x, y, x², y², xy on a [-1, 1] pixel-centre grid."""
-    lin = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    return torch.stack([torch.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy]).flatten(1).T
+    grid = _base_grid(size)  # the pixel centres the warps sample at
+    xx, yy = grid[:, 0], grid[:, 1]
+    return torch.stack([torch.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy]).T
 
 
 _BASIS_PRODUCTS: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -271,12 +271,12 @@ def _weighted_least_squares(x: torch.Tensor, basis: torch.Tensor, y: torch.Tenso
     p = basis.shape[1]
     w, x, y, basis = weight.double(), x.double(), y.double(), basis.double()
     wx = w * x
-    system = torch.empty(w.shape[0], p + 1, p + 1, dtype=torch.float64)
+    system = torch.empty(w.shape[0], p + 1, p + 1, dtype=torch.float64, device=w.device)
     system[:, 0, 0] = (wx * x).sum(1)
     system[:, 0, 1:] = system[:, 1:, 0] = wx @ basis
     system[:, 1:, 1:] = (w @ _BASIS_PRODUCTS[key]).view(-1, p, p)
     rhs = torch.cat([(wx * y).sum(1, keepdim=True), (w * y) @ basis], 1)
-    system = system + 1e-9 * torch.eye(p + 1, dtype=torch.float64)
+    system = system + 1e-9 * torch.eye(p + 1, dtype=torch.float64, device=w.device)
     return torch.linalg.solve(system, rhs.unsqueeze(2))[..., 0].float()
 
 
@@ -425,8 +425,7 @@ class _Rows:
     shifts: torch.Tensor
 
     def take(self, index: torch.Tensor) -> "_Rows":
-        return _Rows(self.ref[index], self.dihedral[index], self.degrees[index], self.scales[index],
-                     self.shifts[index])
+        return _Rows(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def with_geometry(self, degrees: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor) -> "_Rows":
         return _Rows(self.ref, self.dihedral, degrees, scales, shifts)
@@ -436,8 +435,7 @@ class _Rows:
 
     @staticmethod
     def cat(parts: list["_Rows"]) -> "_Rows":
-        return _Rows(*(torch.cat([getattr(p, name) for p in parts])
-                       for name in ("ref", "dihedral", "degrees", "scales", "shifts")))
+        return _Rows(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(_Rows)))
 
     def hypothesis(self, i: int) -> _Hypothesis:
         flip, turns = DIHEDRAL[int(self.dihedral[i])]
@@ -541,7 +539,8 @@ def _image_gradients(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([gx, gy], 1)
 
 
-def _gauss_newton(moving: torch.Tensor, target: torch.Tensor, rows: _Rows, iterations: int) -> _Rows:
+def _gauss_newton(moving: torch.Tensor, target: torch.Tensor, rows: _Rows, iterations: int
+                  ) -> tuple[_Rows, torch.Tensor]:
     """Refine the rotation, zoom and shift of each row so that ``moving`` (R, 1, s, s)
     sampled through them (:func:`_affine`) matches ``target`` (R, 1, s, s) up to a gain and
     an offset: Levenberg–Marquardt on the least squares over the pixels sampled inside,
@@ -550,7 +549,7 @@ def _gauss_newton(moving: torch.Tensor, target: torch.Tensor, rows: _Rows, itera
     (the linearisation holds only near the start) and is taken only where it raises the
     row's normalised cross-correlation — not merely lowers the residual, which a warp
     that slides onto a flat region also does; otherwise that row's damping is raised.
-    Shifts in pixels at side s."""
+    Returns the rows (shifts in pixels at side s) and their NCC at the end (R,)."""
     size = moving.shape[-1]
     stack = torch.cat([moving, _image_gradients(moving) * (size / 2)], 1)  # d/d(normalised coordinate)
     target = target.flatten(1)
@@ -570,7 +569,7 @@ def _gauss_newton(moving: torch.Tensor, target: torch.Tensor, rows: _Rows, itera
         rhs = torch.where(better[:, None], trial_rhs, rhs)
         ncc = torch.where(better, trial_ncc, ncc)
         damping = torch.where(better[:, None, None], damping / 3, damping * 10)
-    return rows.with_geometry(params[:, 0], torch.exp(params[:, 1]), params[:, 2:])
+    return rows.with_geometry(params[:, 0], torch.exp(params[:, 1]), params[:, 2:]), ncc
 
 
 def _linearised(stack: torch.Tensor, target: torch.Tensor, params: torch.Tensor
@@ -620,14 +619,11 @@ def _warp_rows(views: torch.Tensor, targets: torch.Tensor, rows: _Rows) -> tuple
 def _refine(images: _SearchImages, rows: _Rows, side: int, from_side: int, iterations: int
             ) -> tuple[_Rows, torch.Tensor]:
     """Gauss–Newton refinement of the rows (shifts in pixels at ``from_side``) on the
-    search images at ``side``; returns the rows (shifts at ``side``) and their masked
-    NCC there (R,)."""
+    search images at ``side``; returns the rows (shifts at ``side``) and their NCC there
+    over the pixels the warp covers (R,)."""
     views, targets = images.pyramid[side]
     rows = rows.rescaled(side / from_side)
-    moving, target = _warp_rows(views, targets, rows)
-    rows = _gauss_newton(moving, target, rows, iterations)
-    warped, valid = _affine(moving, rows.degrees, rows.scales, rows.shifts)
-    return rows, _masked_ncc(warped, target, valid)
+    return _gauss_newton(*_warp_rows(views, targets, rows), rows, iterations)
 
 
 def _select(rows: _Rows, scores: torch.Tensor, per_reference: int, references: int, margin: float,
@@ -695,19 +691,6 @@ def _equalise(x: torch.Tensor, bins: int = EQUALISE_BINS) -> torch.Tensor:
     return (mean_rank.gather(1, index) / max(n - 1, 1)).view_as(x)
 
 
-def _masked_ncc(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Normalised cross-correlation of (B, 1, s, s) over ``valid`` pixels; (B,)."""
-    w = valid.to(a.dtype)
-    n = w.sum(dim=(1, 2, 3)).clamp_min(1.0)
-    ma = (a * w).sum(dim=(1, 2, 3)) / n
-    mb = (b * w).sum(dim=(1, 2, 3)) / n
-    da = (a - ma.view(-1, 1, 1, 1)) * w
-    db = (b - mb.view(-1, 1, 1, 1)) * w
-    return (da * db).sum(dim=(1, 2, 3)) / ((da * da).sum(dim=(1, 2, 3)) * (db * db).sum(dim=(1, 2, 3))
-                                         ).sqrt().clamp_min(1e-9)
-
-
-
 @dataclass(frozen=True)
 class _CandidateView:
     """What the final score needs of the candidate alone, computed once per pair:
@@ -726,8 +709,6 @@ def _candidate_view(cand: torch.Tensor, config: VerificationConfig) -> _Candidat
     unclipped = observed & (cand > 0.5 / 255)
     noise = noise_sd(cand, -F.max_pool2d(-unclipped.float(), 3, stride=1, padding=1) > 0.5)
     return _CandidateView(cand, observed, _gaussian_blur(cand, config.smoothing), noise)
-
-
 
 
 def _score(view: _CandidateView, refs: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
@@ -779,7 +760,7 @@ def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, s
     level = scores.argmax(1)
     target = torch.cat([_gaussian_blur(refs[int(j):int(j) + 1], config.blur_sigmas[int(lv)])
                         for j, lv in zip(rows.ref, level)])
-    refined = _gauss_newton(moving, target, rows, config.photometric_refine_steps)
+    refined, _ = _gauss_newton(moving, target, rows, config.photometric_refine_steps)
     new_scores = _score_rows(view, refs, refined, config)
     better = (new_scores.amax(1) > scores.amax(1)) & enough
     rows = rows.with_geometry(torch.where(better, refined.degrees, rows.degrees),
@@ -821,7 +802,7 @@ def _search(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) 
     mid = _Rows.cat([rows.take(keep).rescaled(size / config.compare_size), identity])
     full_views = _gaussian_blur(_dihedral_views(images.cand), FULL_REFINE_SIGMA)
     full_refs = _gaussian_blur(images.refs, FULL_REFINE_SIGMA)
-    refined = _gauss_newton(*_warp_rows(full_views, full_refs, mid), mid, config.full_refine_steps)
+    refined, _ = _gauss_newton(*_warp_rows(full_views, full_refs, mid), mid, config.full_refine_steps)
     return _Rows.cat([refined, identity]), ref_scores
 
 
@@ -876,15 +857,6 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     return out
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"``: CUDA where present, else the CPU; ``"cpu"`` / ``"cuda"`` as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown verification device {device!r} (auto | cpu | cuda)")
-    return device
-
-
 def verify_candidate(candidate: np.ndarray, references: np.ndarray,
                      config: VerificationConfig = VerificationConfig()) -> list[Alignment]:
     """Verify one candidate against each of its references (e.g. its nearest training
@@ -918,8 +890,10 @@ def verify_candidate(candidate: np.ndarray, references: np.ndarray,
     usable = [j for j in range(len(references)) if references[j].std() > 0]
     out = [constant] * len(references)
     if usable:
+        from .embed import resolve_device
+
         # the same code on either device: tensors made inside follow torch's default device
-        with torch.no_grad(), torch.device(resolve_device(config.device)):
+        with torch.no_grad(), resolve_device(config.device):
             found = _verify_references(_to_tensor(candidate), torch.tensor(references[usable])[:, None], config)
         for j, alignment in zip(usable, found):
             out[j] = alignment
