@@ -4,7 +4,7 @@
     model = deepssim.load_default_model()
     print(model.score("a.png", "b.png"))      # or two numpy arrays
 
-Images may be paths (PNG/JPEG/TIFF/NPY/DICOM/NIfTI 2D files, read by the ingestion
+Images may be paths (any format the ingestion reads, holding one 2D slice; read by the
 readers) or 2D numpy arrays (any dtype; percentile-windowed like the readers do).
 """
 from __future__ import annotations

@@ -27,7 +27,12 @@ def window_to_unit(image: np.ndarray, window: tuple[float, float] | None = None,
     x = np.where(finite, x, lo)
     if hi <= lo:
         return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    with np.errstate(over="ignore"):
+        wide = not np.isfinite(np.float32(hi) - np.float32(lo))
+    if wide:  # a span beyond float32 (damaged or absurd values): inf/inf would give NaN
+        x = x.astype(np.float64)
+    with np.errstate(over="ignore"):  # values far outside the window clip to 0 or 1 anyway
+        return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def pad_to_square(image: np.ndarray) -> np.ndarray:
@@ -51,6 +56,24 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
                      preserve_range=True).astype(np.float32)
 
 
+# Padding a 30,000 × 128 strip to a square would make a 30,000² image (and skimage's
+# anti-aliasing filter copies of it); longer sides are first shrunk by block means.
+MAX_SQUARE_SIDE = 4096
+
+
+def square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) float image -> zero-padded to a square, then ``size × size`` float32.
+
+    Images whose longer side exceeds :data:`MAX_SQUARE_SIDE` are block-averaged first, so
+    memory stays bounded whatever the aspect ratio; smaller images are unaffected."""
+    factor = -(-max(image.shape) // MAX_SQUARE_SIDE)
+    if factor > 1:
+        from skimage.transform import downscale_local_mean
+
+        image = downscale_local_mean(image, (factor, factor))
+    return resize(pad_to_square(image), size)
+
+
 def to_model_input(image: np.ndarray, size: int = 128, window: tuple[float, float] | None = None,
                    percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """(H, W) array of any dtype -> (size, size) float32 in [0, 1]."""
@@ -59,4 +82,4 @@ def to_model_input(image: np.ndarray, size: int = 128, window: tuple[float, floa
         image = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {image.shape}")
-    return resize(pad_to_square(window_to_unit(image, window, percentiles)), size)
+    return square_resize(window_to_unit(image, window, percentiles), size)

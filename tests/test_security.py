@@ -326,3 +326,21 @@ def test_file_over_byte_limit_is_refused_unread(tmp_path):
     path = _npy_header_only(tmp_path / "big.npy", (60_000, 60_000), "|u1", 128 + 60_000 * 60_000)
     row = ingest([path], IngestConfig(), 128, tmp_path / "work").manifest.iloc[0]
     assert row["reason"].startswith("file too large: 3600000128 bytes > limit 2147483648"), row["reason"]
+
+
+def test_extreme_aspect_ratio_image_is_audited_in_bounded_memory(tmp_path):
+    """A 20,000 × 100 strip (found by the fuzzer: a damaged JPEG's height) is not padded to
+    a 20,000² square before resizing: it is audited within a few hundred MB."""
+    from PIL import Image
+
+    from deepssim.io import ingest
+
+    strip = (np.arange(20_000 * 100) % 251).astype(np.uint8).reshape(20_000, 100)
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    tracemalloc.start()
+    result = ingest([tmp_path / "strip.png"], IngestConfig(), 128, tmp_path / "work")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert list(result.manifest["status"]) == ["ok"]
+    assert result.pixels().shape == (1, 128, 128)
+    assert peak < 384 * 1024**2, peak

@@ -27,11 +27,9 @@ reasons, logs or exceptions (parser messages are not propagated: they may quote 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
+import io
 import os
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -43,6 +41,7 @@ from ..config import IngestConfig
 from . import errors
 from .discover import Candidate
 from .errors import QuarantineError
+from .quiet import quiet
 from .sources import Rejected, Source, Unit, check_pixels
 
 DEFAULT_SALT = "deepssim-gate/series-id/v1"
@@ -67,30 +66,32 @@ class DicomInfo:
     instance: int | None
 
 
-def _drop(record: logging.LogRecord) -> bool:
-    return False
-
-
-@contextlib.contextmanager
 def _quiet():
-    """Silence pydicom's warnings and log records while reading: they quote header values
-    ("Invalid value for VR PN: ..."), i.e. possibly patient data."""
-    logger = logging.getLogger("pydicom")
-    logger.addFilter(_drop)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.removeFilter(_drop)
+    """pydicom's warnings and log records quote header values ("Invalid value for VR PN:
+    ..."), i.e. possibly patient data."""
+    return quiet("pydicom")
+
+
+# Files up to this size are parsed from memory: a damaged element length then reads what
+# is there, where a read from disk first allocates the full claimed length (seen: 2.3 GB
+# for a 5 kB file).
+_IN_MEMORY_BYTES = 256 * 1024**2
 
 
 def _read(path, pixels: bool):
     import pydicom
 
     try:
+        if os.path.getsize(path) > _IN_MEMORY_BYTES:
+            source, defer = path, None if pixels else 1024
+        else:
+            with open(path, "rb") as f:
+                source, defer = io.BytesIO(f.read()), None
         with _quiet():
-            return pydicom.dcmread(path, force=True, defer_size=None if pixels else 1024)
+            ds = pydicom.dcmread(source, force=True, defer_size=defer)
+            for _ in ds.iterall():  # decode every element now: decoding warns with the value
+                pass
+            return ds
     except Exception as exc:  # never propagate parser text: it may quote header values
         raise QuarantineError(errors.CORRUPT.format(format="DICOM")) from exc
 
@@ -193,6 +194,13 @@ def plan_units(cands: list[Candidate]) -> tuple[list[Unit], list[tuple[Candidate
     return units, rejected
 
 
+def _is_known_syntax(syntax) -> bool:
+    """A transfer syntax pydicom knows (an unknown one is file content, never quoted)."""
+    from pydicom.uid import AllTransferSyntaxes
+
+    return syntax is not None and str(syntax) in AllTransferSyntaxes
+
+
 def _pixels(ds, config: IngestConfig) -> np.ndarray:
     """Modality-LUT-applied pixels: (rows, cols[, 3]) or (frames, rows, cols[, 3])."""
     from pydicom.pixels import apply_modality_lut
@@ -204,7 +212,7 @@ def _pixels(ds, config: IngestConfig) -> np.ndarray:
             arr = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", None) or "unknown transfer syntax"
+        name = syntax.name if _is_known_syntax(syntax) else "unknown transfer syntax"
         raise QuarantineError(errors.DICOM_UNDECODABLE.format(syntax=name)) from exc
     if str(ds.get("PhotometricInterpretation", "")).startswith("MONOCHROME"):
         with _quiet():

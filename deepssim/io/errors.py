@@ -37,6 +37,17 @@ CORRUPT_GZIP = "corrupt gzip stream"
 TRUNCATED = "truncated file"
 CORRUPT = "corrupt {format} file"
 UNEXPECTED = "unexpected read error ({error})"
+TRUNCATED_COMPRESSED = "truncated compressed voxel data"
+CORRUPT_COMPRESSED = "corrupt compressed voxel data"
+UNSUPPORTED_ENCODING = "unsupported voxel encoding {encoding}"
+
+# Header + voxel formats (NRRD, MetaImage, MGH)
+BAD_HEADER = "invalid {format} header: {problem}"
+DETACHED_MISSING = "detached data file not found in the audited folder"
+DETACHED_OUTSIDE = "detached data file outside the audited folder"
+DETACHED_UNUSABLE = "detached data file: {reason}"
+DETACHED_LAYOUT = "unsupported detached data layout (file list or pattern)"
+ORPHAN_DATA = "voxel data file without its header (.nhdr/.mhd)"
 
 # DICOM
 DICOM_NO_PIXELS = "DICOM without pixel data"

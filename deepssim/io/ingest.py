@@ -1,7 +1,8 @@
 """Ingestion: files and folders -> a manifest and an ``.npy`` of model inputs.
 
 ``ingest`` walks the inputs (see :mod:`deepssim.io.discover`), decides each file's format
-from its content (:mod:`deepssim.io.sniff`), groups DICOM files into series, reads one unit
+from its content (:mod:`deepssim.io.sniff`), groups DICOM files into series and a detached
+header (.nhdr, .mhd) with its data file, reads one unit
 (a file or a series) at a time through the reader registry :data:`READERS`, cuts volumes
 into 2D slices and windows them (:mod:`deepssim.io.slicing`), and streams every accepted
 image, preprocessed to ``(size, size)`` float16 in [0, 1], into ``work_dir/pixels.npy``.
@@ -22,12 +23,12 @@ import numpy as np
 import pandas as pd
 
 from ..config import IngestConfig
-from ..preprocess import pad_to_square, resize
-from . import dicom, errors
+from ..preprocess import square_resize
+from . import dicom, errors, metaimage, nrrd
 from .arrays import read_npy, read_npz
 from .discover import Candidate, default_root, discover
 from .errors import QuarantineError
-from .nifti import read_nifti
+from .nifti import read_nibabel
 from .npywriter import NpyAppender
 from .raster import read_pil, read_tiff
 from .slicing import Slice, iter_slices, raw_sha256
@@ -39,13 +40,22 @@ log = logging.getLogger(__name__)
 Reader = Callable[[Unit, IngestConfig], Iterator["Source | Rejected"]]
 
 READERS: dict[str, Reader] = {
-    "nifti": read_nifti,
+    "nifti": read_nibabel,
+    "mgh": read_nibabel,
+    "nrrd": nrrd.read_nrrd,
+    "metaimage": metaimage.read_metaimage,
     "dicom": dicom.read_dicom,
     "png": read_pil,
     "jpeg": read_pil,
     "tiff": read_tiff,
     "npy": read_npy,
     "npz": read_npz,
+}
+
+# Formats whose header may name a separate voxel file: header path -> names in the header
+DETACHED: dict[str, Callable[[Path], list[str]]] = {
+    "nrrd": nrrd.detached_files,
+    "metaimage": metaimage.detached_files,
 }
 
 MANIFEST_COLUMNS = [
@@ -102,7 +112,7 @@ def _ok_row(s: Slice, row: int) -> dict:
 
 def model_input(unit: np.ndarray, size: int) -> np.ndarray:
     """(H, W) float32 in [0, 1] -> (size, size) float32 in [0, 1] (zero-pad, bilinear)."""
-    return np.clip(resize(pad_to_square(unit), size), 0.0, 1.0)
+    return np.clip(square_resize(unit, size), 0.0, 1.0)
 
 
 def _sniff(cand: Candidate) -> str:
@@ -119,28 +129,83 @@ def _sniff(cand: Candidate) -> str:
     return detect_format(cand.path, head)
 
 
-def _plan(cands: list[Candidate]) -> tuple[list[Unit], list[dict]]:
-    """Sniff every candidate and group them into reader units; returns (units, rows)."""
-    rows: list[dict] = []
+def _sniff_all(cands: list[Candidate]) -> tuple[dict[str, list[Candidate]], dict[str, dict]]:
+    """Format of every candidate: (format -> candidates, rel -> quarantine row)."""
     by_format: dict[str, list[Candidate]] = {}
+    rejected: dict[str, dict] = {}
     for cand in cands:
         try:
             if cand.reason:
                 raise QuarantineError(cand.reason)
             by_format.setdefault(_sniff(cand), []).append(cand)
         except QuarantineError as exc:
-            rows.append(_quarantine_row(cand.rel, str(cand.path), None, exc.reason))
+            rejected[cand.rel] = _quarantine_row(cand.rel, str(cand.path), None, exc.reason)
         except Exception as exc:  # a sniffer bug must not stop the run
-            rows.append(_quarantine_row(cand.rel, str(cand.path), None,
+            rejected[cand.rel] = _quarantine_row(cand.rel, str(cand.path), None,
+                                                 errors.UNEXPECTED.format(error=type(exc).__name__))
+    return by_format, rejected
+
+
+def _data_candidate(header: Candidate, name: str, found: dict[str, Candidate], root: Path,
+                    config: IngestConfig) -> Candidate:
+    """The candidate a header's data file name refers to; raises QuarantineError when it is
+    missing, outside the audited root or itself unreadable."""
+    if not name or os.path.isabs(name):
+        raise QuarantineError(errors.DETACHED_OUTSIDE)
+    path = Path(os.path.normpath(header.path.parent / name))
+    cand = found.get(path.as_posix())
+    if cand is None:  # a header audited on its own: its data file was not walked
+        if not path.exists() and not path.is_symlink():
+            raise QuarantineError(errors.DETACHED_MISSING)
+        cand = discover([path], root, config)[0]
+    if cand.reason in (errors.OUTSIDE_ROOT, errors.EXTERNAL_SYMLINK):
+        raise QuarantineError(errors.DETACHED_OUTSIDE)
+    if cand.reason:
+        raise QuarantineError(errors.DETACHED_UNUSABLE.format(reason=cand.reason))
+    return cand
+
+
+def _detached_units(fmt: str, group: list[Candidate], found: dict[str, Candidate], root: Path,
+                    config: IngestConfig) -> tuple[list[Unit], list[dict], set[str]]:
+    """Units of header files with their data files: (units, quarantine rows, claimed rels)."""
+    units, rows, claimed = [], [], set()
+    for cand in group:
+        try:
+            data = [_data_candidate(cand, name, found, root, config) for name in DETACHED[fmt](cand.path)]
+        except QuarantineError as exc:
+            rows.append(_quarantine_row(cand.rel, str(cand.path), fmt, exc.reason))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a header parser bug must not stop the run
+            rows.append(_quarantine_row(cand.rel, str(cand.path), fmt,
                                         errors.UNEXPECTED.format(error=type(exc).__name__)))
+            continue
+        claimed.update(d.rel for d in data)
+        units.append(Unit(fmt, [cand, *data], cand.rel))
+    return units, rows, claimed
+
+
+def _plan(cands: list[Candidate], root: Path, config: IngestConfig) -> tuple[list[Unit], list[dict]]:
+    """Sniff every candidate and group them into reader units; returns (units, rows).
+
+    A data file named by a header (.nhdr, .mhd) joins its header's unit instead of being
+    read (or quarantined) on its own."""
+    by_format, rejected = _sniff_all(cands)
+    found = {c.path.as_posix(): c for c in cands}
     units: list[Unit] = []
+    rows: list[dict] = []
+    claimed: set[str] = set()
     for fmt, group in by_format.items():
         if fmt == "dicom":
-            dicom_units, rejected = dicom.plan_units(group)
+            dicom_units, bad = dicom.plan_units(group)
             units += dicom_units
-            rows += [_quarantine_row(c.rel, str(c.path), "dicom", r) for c, r in rejected]
+            rows += [_quarantine_row(c.rel, str(c.path), "dicom", r) for c, r in bad]
+        elif fmt in DETACHED:
+            more, bad, taken = _detached_units(fmt, group, found, root, config)
+            units, rows, claimed = units + more, rows + bad, claimed | taken
         else:
             units += [Unit(fmt, [c], c.rel) for c in group]
+    units = [u for u in units if u.base_id not in claimed or u.format in DETACHED]
+    rows += [row for rel, row in rejected.items() if rel not in claimed]
     units.sort(key=lambda u: u.base_id)
     return units, rows
 
@@ -205,9 +270,9 @@ def ingest(paths: Sequence[Path], config: IngestConfig, size: int, work_dir: Pat
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     cands = discover(paths, root, config)
-    units, rows = _plan(cands)
+    units, rows = _plan(cands, root, config)
     total = len(cands)
-    done = total - sum(len(u.files) for u in units)
+    done = max(0, total - sum(len(u.files) for u in units))
     if progress and done:
         progress(done, total)
     writer = NpyAppender(work_dir / PIXELS_FILE, size)
@@ -216,7 +281,7 @@ def ingest(paths: Sequence[Path], config: IngestConfig, size: int, work_dir: Pat
         for unit in units:
             _ingest_unit(unit, config, sink)
             for _ in unit.files:
-                done += 1
+                done = min(done + 1, total)
                 if progress:
                     progress(done, total)
     except BaseException:

@@ -16,6 +16,7 @@ import numpy as np
 from ..config import IngestConfig
 from . import errors
 from .errors import QuarantineError
+from .quiet import quiet
 from .sources import Source, Unit, check_pixels
 
 _KEEP_MODES = {"L", "I;16", "I;16L", "I;16B", "I", "F", "RGB"}
@@ -56,7 +57,7 @@ def read_tiff(unit: Unit, config: IngestConfig) -> Iterator[Source]:
 
     cand = unit.files[0]
     try:
-        with tifffile.TiffFile(cand.path) as tif:
+        with quiet("tifffile"), tifffile.TiffFile(cand.path) as tif:
             series = tif.series[0]
             check_pixels(int(np.prod(series.shape)), config)
             data = series.asarray()

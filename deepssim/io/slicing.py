@@ -4,7 +4,8 @@ Intensity normalisation (why these choices):
 
 * **Volumes** get one window for the whole volume, so neighbouring slices keep their
   relative brightness and a slice looks the same whichever file format carried it.
-  CT (DICOM Modality ``CT``, or a NIfTI whose minimum is <= -500, i.e. looks like HU) uses
+  CT (DICOM Modality ``CT``, or a NIfTI/NRRD/MetaImage/MGH volume whose minimum is <= -500,
+  i.e. looks like HU) uses
   the fixed ``IngestConfig.ct_window`` in HU: HU are absolute, and a fixed window makes a CT
   slice independent of what else is in the field of view.  Everything else (MR, PET, plain
   arrays) uses the ``IngestConfig.percentile_window`` percentiles of all finite voxels
@@ -122,7 +123,7 @@ def volume_window(data: np.ndarray, source: Source, config: IngestConfig) -> tup
     """The window of a whole volume (see module docstring)."""
     if source.window is not None:
         return source.window
-    if source.format == "nifti" and is_ct_like(data):
+    if source.may_be_hu and is_ct_like(data):
         return config.ct_window
     return percentile_window(data, config.percentile_window)
 

@@ -9,6 +9,7 @@ Content wins over the name: a PNG called ``scan.dcm`` is read as a PNG, a text f
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import zipfile
 import zlib
@@ -22,14 +23,20 @@ HEAD_BYTES = 1024
 IMAGE_SUFFIXES = {
     ".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom",
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
-    ".npy": "npy", ".npz": "npz",
+    ".npy": "npy", ".npz": "npz", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
+    ".mhd": "metaimage", ".mgh": "mgh", ".mgz": "mgh",
 }
+# Voxel blocks of a detached header (.nhdr, .mhd); read through their header only.
+DATA_SUFFIXES = {".raw", ".zraw", ".raw.gz"}
 
 
 def suffix_of(path: Path) -> str:
     """Lower-case extension, with ``.nii.gz`` kept whole."""
     name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+    for double in (".nii.gz", ".raw.gz"):
+        if name.endswith(double):
+            return double
+    return path.suffix.lower()
 
 
 def _is_nifti_header(head: bytes) -> bool:
@@ -39,6 +46,26 @@ def _is_nifti_header(head: bytes) -> bool:
     if 348 in sizes and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return True
     return 540 in sizes and head[4:8] in (b"n+2\x00", b"ni2\x00")
+
+
+# FreeSurfer MGH: big-endian int32 version 1, width, height, depth, frames, type (uchar,
+# int, float, short); no magic, so all six fields must be plausible.
+_MGH_TYPES = {0, 1, 3, 4}
+
+
+def _is_mgh_header(head: bytes) -> bool:
+    if len(head) < 284:
+        return False
+    version, *dims, frames, kind = struct.unpack(">7i", head[:28])
+    return version == 1 and all(0 < d <= 1 << 16 for d in dims) and 0 < frames <= 1 << 16 and kind in _MGH_TYPES
+
+
+_METAIMAGE_KEY = re.compile(rb"\s*(ObjectType|NDims|ObjectSubType|Comment|DimSize|ElementType|TransformType)\s*=",
+                            re.IGNORECASE)
+
+
+def _is_metaimage_header(head: bytes) -> bool:
+    return _METAIMAGE_KEY.match(head) is not None and b"ndims" in head.lower()
 
 
 def _gunzip_head(path: Path) -> bytes:
@@ -54,7 +81,9 @@ def _gunzip_head(path: Path) -> bytes:
 
 def _sniff_gzip(path: Path, head: bytes) -> str | None:
     inner = _gunzip_head(path)
-    return "nifti" if _is_nifti_header(inner) else None
+    if _is_nifti_header(inner):
+        return "nifti"
+    return "mgh" if _is_mgh_header(inner) else None
 
 
 def _sniff_zip(path: Path, head: bytes) -> str | None:
@@ -78,6 +107,7 @@ _MAGIC = [
     (0, b"\x93NUMPY", "npy"),
     (0, b"PK\x03\x04", _sniff_zip),
     (0, b"\x1f\x8b", _sniff_gzip),
+    (0, b"NRRD000", "nrrd"),
 ]
 
 
@@ -102,7 +132,13 @@ def detect_format(path: Path, head: bytes) -> str:
             break
     if _is_nifti_header(head):
         return "nifti"
+    if _is_mgh_header(head):
+        return "mgh"
+    if _is_metaimage_header(head):
+        return "metaimage"
     hint = IMAGE_SUFFIXES.get(suffix_of(path))
     if hint == "dicom" and _looks_like_dicom_without_preamble(head):
         return "dicom"
+    if suffix_of(path) in DATA_SUFFIXES:
+        raise QuarantineError(errors.ORPHAN_DATA)
     raise QuarantineError(errors.UNKNOWN_FORMAT if hint else errors.NON_IMAGE)

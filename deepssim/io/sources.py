@@ -32,7 +32,9 @@ class Source:
     canonical RAS data: anterior / superior up).  ``window``: fixed intensity window (CT in
     HU) or None for a percentile window.  ``dtype_window``: an integer 2D image may be
     windowed over its dtype range.  ``slice_paths``: for a DICOM series, the file of each
-    slice index along voxel axis ``slice_paths_axis``.
+    slice index along voxel axis ``slice_paths_axis``.  ``may_be_hu``: a scanner volume
+    format (NIfTI, NRRD, MetaImage, MGH) whose values may be Hounsfield units: a CT-like
+    minimum selects the fixed CT window.
     """
 
     base_id: str
@@ -46,6 +48,7 @@ class Source:
     dtype_window: bool = False
     slice_paths: dict[int, str] = field(default_factory=dict)
     slice_paths_axis: int = -1
+    may_be_hu: bool = False
 
 
 @dataclass
