@@ -12,10 +12,15 @@ byte-identical files apart from ``summary.json``'s ``run`` block.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -26,6 +31,17 @@ VOLUME_COLUMNS = ["volume_id", "slices", "duplicate_slices", "similar_slices", "
 QUARANTINE_COLUMNS = ["image_id", "source_path", "reason"]
 VERSIONED_PACKAGES = ("deepssim-gate", "torch", "monai", "numpy", "scikit-image", "duckdb",
                       "great_expectations", "prefect", "nibabel", "pydicom")
+
+
+def image_ref(image_id: str) -> str:
+    """An opaque, stable reference to an image id for artifacts, logs and run states: a
+    salted SHA-256 (``$DEEPSSIM_ID_SALT``, as DICOM series names use), 12 hex digits.  Ids
+    hold paths and subject folder names (often patient codes); the local report and the CSVs
+    show both, so a ref is looked up there."""
+    from .io.dicom import DEFAULT_SALT
+
+    salt = os.environ.get("DEEPSSIM_ID_SALT", DEFAULT_SALT)
+    return "ref-" + hashlib.sha256(f"{salt}\x00image\x00{image_id}".encode()).hexdigest()[:12]
 
 
 def package_versions() -> dict[str, str]:
@@ -50,10 +66,48 @@ def write_table(frame: pd.DataFrame, columns: list[str], path: Path) -> Path:
     return _atomic_write(path, out.to_csv(index=False, lineterminator="\n"))
 
 
+def summary_text(summary: dict) -> str:
+    """``summary.json``'s exact text (what the store keeps and ``audits export`` rewrites)."""
+    return json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_summary(summary: dict, path: Path) -> Path:
-    return _atomic_write(path, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return _atomic_write(path, summary_text(summary))
 
 
 def quarantine_table(manifest: pd.DataFrame) -> pd.DataFrame:
     bad = manifest[manifest["status"] == "quarantined"]
     return bad.reindex(columns=QUARANTINE_COLUMNS).sort_values(["image_id", "source_path"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- run folders (scheduled gate)
+RUN_FOLDER = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
+LATEST = "latest"
+
+
+def run_folder_name(started_at: str, audit_id: str) -> str:
+    """``YYYYMMDDTHHMMSSZ-<audit id>``: sorts by time, names the audit it holds."""
+    stamp = datetime.strptime(started_at[:19], "%Y-%m-%dT%H:%M:%S")
+    return f"{stamp:%Y%m%dT%H%M%SZ}-{audit_id}"
+
+
+def point_latest(root: Path, folder: Path) -> Path:
+    """Make ``root/latest`` a relative symlink to ``folder`` (replaced atomically)."""
+    link, tmp = root / LATEST, root / f".{LATEST}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder.name, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
+def prune_run_folders(root: Path, keep: int, kept_elsewhere: Callable[[str], bool]) -> list[Path]:
+    """Delete run folders beyond the newest ``keep`` — only those whose audit
+    ``kept_elsewhere(audit_id)`` says the store can export.  Returns what was deleted."""
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and RUN_FOLDER.match(p.name)),
+                  key=lambda p: p.name, reverse=True)
+    removed = []
+    for old in runs[max(keep, 1):]:
+        if kept_elsewhere(old.name.split("-", 1)[1]):
+            shutil.rmtree(old)
+            removed.append(old)
+    return removed

@@ -129,14 +129,27 @@ def promote(store: Store, model_id: str, reason: str, require_embedded: bool = T
 
 
 def registry_table(store: Store) -> list[dict]:
-    """One small row per model for the CLI and the Prefect dashboard (numbers only)."""
-    rows = []
-    for r in store.con.execute("SELECT model_id, status, parent, created_at, promoted_at, reason, metrics "
-                               "FROM models ORDER BY created_at DESC").fetchall():
+    """One small row per model for the CLI and the Prefect dashboard (numbers only).
+
+    A model without an evaluation of its own (the shipped champion, recorded with its
+    training metrics) shows the latest evaluation it got as the champion a challenger was
+    measured against — the same fixed set, so the columns compare; its parent is the model
+    it was fine-tuned from, as its training record says."""
+    found = store.con.execute("SELECT model_id, status, parent, created_at, promoted_at, reason, metrics, training "
+                              "FROM models ORDER BY created_at DESC").fetchall()
+    as_champion: dict[str, dict] = {}
+    for r in reversed(found):  # oldest first: the newest evaluation wins
         metrics = json.loads(r[6]) if r[6] else {}
-        ev = metrics.get("eval", metrics)
+        if metrics.get("champion_id") and metrics.get("champion_eval"):
+            as_champion[metrics["champion_id"]] = metrics["champion_eval"]
+    rows = []
+    for r in found:
+        metrics = json.loads(r[6]) if r[6] else {}
+        training = json.loads(r[7]) if r[7] else {}
+        ev = metrics.get("eval") or as_champion.get(r[0]) or metrics
         bench = ev.get("benchmark") or {}
-        rows.append({"model_id": r[0], "status": r[1], "parent": r[2] or "",
+        parent = r[2] or training.get("fine_tuned_from") or ""
+        rows.append({"model_id": r[0], "status": r[1], "parent": parent,
                      "created_at": str(r[3])[:19], "promoted_at": str(r[4])[:19] if r[4] else "",
                      "mae_augmented": _round(ev.get("mae_augmented")),
                      "copy_rate": _round(ev.get("copy_rate_gt_0.85")),

@@ -13,6 +13,7 @@ training image a candidate matched.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,7 +26,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# v2: audit_files (each audit's output files as first written).  A v1 store is upgraded
+# in place by its first read-write open; the new table only adds.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL);
@@ -55,6 +58,9 @@ CREATE TABLE IF NOT EXISTS audit_results (
     audit_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, source_path VARCHAR, label VARCHAR,
     score DOUBLE, embedding_score DOUBLE, nearest_id VARCHAR, nearest_path VARCHAR,
     verified BOOLEAN, alignment VARCHAR, PRIMARY KEY (audit_id, image_id));
+CREATE TABLE IF NOT EXISTS audit_files (
+    audit_id VARCHAR NOT NULL, name VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, content BLOB NOT NULL,
+    PRIMARY KEY (audit_id, name));
 CREATE TABLE IF NOT EXISTS calibrations (
     calibration_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL, cohort VARCHAR,
     model_id VARCHAR, similar_threshold DOUBLE NOT NULL, duplicate_threshold DOUBLE NOT NULL, source VARCHAR NOT NULL,
@@ -136,7 +142,8 @@ class Store:
     def _migrate(self) -> None:
         self.con.execute("BEGIN")
         self.con.execute(_SCHEMA)
-        if not self.con.execute("SELECT count(*) FROM schema_version").fetchone()[0]:
+        version = self.con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if version is None or version < SCHEMA_VERSION:
             self.con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
         self.con.execute("COMMIT")
 
@@ -146,7 +153,9 @@ class Store:
         except Exception as exc:  # read-only open of a file that was never initialised
             raise StoreError(f"{self.path} is not a deepssim store") from exc
         if version != SCHEMA_VERSION:
-            raise StoreError(f"store schema version {version}, this deepssim needs {SCHEMA_VERSION}")
+            older = version is not None and version < SCHEMA_VERSION
+            hint = " (any write — cohort register, audit — upgrades it)" if older else ""
+            raise StoreError(f"store schema version {version}, this deepssim needs {SCHEMA_VERSION}{hint}")
 
     # ------------------------------------------------------------------ models
     def ensure_model(self, meta, path: str | os.PathLike | None = None, status: str = "champion",
@@ -317,8 +326,9 @@ class Store:
         return read_pixel_rows(self.pixel_dir, images)
 
     # ------------------------------------------------------------------ audits
-    def record_audit(self, audit: dict, results: pd.DataFrame) -> None:
-        """Write an audit row and its per-candidate results in one transaction."""
+    def record_audit(self, audit: dict, results: pd.DataFrame, files: dict[str, bytes] | None = None) -> None:
+        """Write an audit row, its per-candidate results and its output ``files`` (name ->
+        bytes as written: summary.json, verdicts.csv, report.html, ...) in one transaction."""
         cols = ["audit_id", "image_id", "source_path", "label", "score", "embedding_score",
                 "nearest_id", "nearest_path", "verified", "alignment"]
         frame = results.assign(audit_id=audit["audit_id"])
@@ -338,14 +348,36 @@ class Store:
             self.con.execute("DELETE FROM audit_results WHERE audit_id = ?", [audit["audit_id"]])
             self.con.execute("INSERT INTO audit_results SELECT * FROM new_results")
             self.con.unregister("new_results")
+            self.con.execute("DELETE FROM audit_files WHERE audit_id = ?", [audit["audit_id"]])
+            for name, content in sorted((files or {}).items()):
+                self.con.execute("INSERT INTO audit_files VALUES (?, ?, ?, ?)",
+                                 [audit["audit_id"], name, hashlib.sha256(content).hexdigest(), content])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
 
     def audits(self, limit: int = 50) -> pd.DataFrame:
-        return self.con.execute("SELECT audit_id, started_at, finished_at, cohort, model_id, verdict, counts, "
-                                "complete FROM audits ORDER BY started_at DESC LIMIT ?", [limit]).df()
+        """Newest first: id, times, cohort, model, verdict, counts (JSON), complete, and
+        ``files``: how many output files the store holds for it."""
+        return self.con.execute(
+            "SELECT a.audit_id, a.started_at, a.finished_at, a.cohort, a.model_id, a.verdict, a.counts, "
+            "a.complete, (SELECT count(*) FROM audit_files f WHERE f.audit_id = a.audit_id) AS files "
+            "FROM audits a ORDER BY a.started_at DESC, a.audit_id LIMIT ?", [limit]).df()
+
+    def audit_files(self, audit_id: str) -> dict[str, bytes]:
+        """An audit's output files as first written (name -> bytes); {} if none were kept.
+
+        Raises :class:`StoreError` for an unknown audit id."""
+        if not self.con.execute("SELECT count(*) FROM audits WHERE audit_id = ?", [audit_id]).fetchone()[0]:
+            raise StoreError(f"unknown audit {audit_id!r} (see `deepssim audits list`)")
+        rows = self.con.execute("SELECT name, sha256, content FROM audit_files WHERE audit_id = ? ORDER BY name",
+                                [audit_id]).fetchall()
+        files = {name: bytes(content) for name, _, content in rows}
+        damaged = [name for name, digest, _ in rows if hashlib.sha256(files[name]).hexdigest() != digest]
+        if damaged:
+            raise StoreError(f"audit {audit_id}: stored {', '.join(damaged)} no longer match(es) its checksum")
+        return files
 
     def audit_results(self, audit_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT * FROM audit_results WHERE audit_id = ? ORDER BY image_id",

@@ -28,8 +28,10 @@ from .pairs import ImagePool, PairMix, PairSampler
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings.  ``time_budget_s`` caps wall time: the schedule is then
-    fitted to the number of steps measured to fit in the budget."""
+    """Optimisation settings.  ``time_budget_s`` caps wall time: the schedule is fitted to
+    the number of steps measured to fit in the budget (after 80 steps), and training stops
+    when the budget is spent whatever the step (a slow machine may not reach step 80).
+    ``heartbeat_s``: at least this often a ``step N/TOTAL`` progress line is logged."""
 
     steps: int = 3000
     batch_size: int = 128
@@ -41,6 +43,7 @@ class TrainConfig:
     eval_pairs: int = 1024
     augment_strength: float = 1.0
     time_budget_s: float | None = None
+    heartbeat_s: float = 15.0
     device: str = "auto"
     amp: bool = True
     mix: PairMix = field(default_factory=PairMix)
@@ -170,7 +173,7 @@ def train(train_pool: ImagePool, val_pool: ImagePool, config: TrainConfig = Trai
     total, start = config.steps, time.perf_counter()
     best = (float("inf"), -1, copy.deepcopy(model.state_dict()), {})
     history: list[dict] = []
-    step, running = 0, 0.0
+    step, running, beat = 0, 0.0, start
     while step < total:
         for g in opt.param_groups:
             g["lr"] = config.lr * _lr_factor(step, total, config.warmup_steps)
@@ -194,6 +197,13 @@ def train(train_pool: ImagePool, val_pool: ImagePool, config: TrainConfig = Trai
             fitted = step + int((config.time_budget_s - elapsed) / per_step * 0.95)
             total = max(step + 1, min(config.steps, fitted))
             log(f"time budget {config.time_budget_s:.0f}s: schedule fitted to {total} steps")
+        if config.time_budget_s and elapsed >= config.time_budget_s and step < total:
+            total = step
+            log(f"time budget {config.time_budget_s:.0f}s spent at step {step}: stopping")
+        if time.perf_counter() - beat >= config.heartbeat_s and step % config.eval_every and step < total:
+            beat = time.perf_counter()
+            log(f"step {step}/{total} {elapsed:.0f}s (training; next evaluation at step "
+                f"{min(total, (step // config.eval_every + 1) * config.eval_every)})")
         if step % config.eval_every == 0 or step == total:
             metrics = evaluate(model, ev)
             metrics.update(step=step, seconds=round(elapsed, 1), train_loss=running / max(1, config.eval_every / 10))

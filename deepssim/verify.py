@@ -917,6 +917,26 @@ def verify_pair(candidate: np.ndarray, reference: np.ndarray,
     return verify_candidate(candidate, reference[None], config)[0]
 
 
+def aligned_reference(reference: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """The training image carried into the candidate's frame by ``alignment`` (undoing its
+    flip/turn, rotation, zoom and shift): what a reader compares the candidate with.
+
+    Args:
+        reference: (S, S) float image in [0, 1].
+        alignment: a verified :class:`Alignment` of a candidate against this reference.
+    Returns:
+        (S, S) float32; pixels the reference does not cover are 0.
+    """
+    flip, turns = alignment.dihedral
+    ref = _to_tensor(np.asarray(reference, np.float32))
+    with torch.no_grad():
+        warped, _ = _reference_in_candidate_frame(
+            ref, [_Hypothesis(flip, turns, alignment.degrees, alignment.scale)],
+            torch.tensor([alignment.degrees]), torch.tensor([alignment.scale]),
+            torch.tensor([list(alignment.shift)], dtype=torch.float32))
+    return warped[0, 0].cpu().numpy().astype(np.float32)
+
+
 def verify_candidates(candidates: np.ndarray, references: np.ndarray,
                       config: VerificationConfig = VerificationConfig()
                       ) -> tuple[np.ndarray, list[list[Alignment]]]:

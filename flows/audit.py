@@ -8,13 +8,14 @@ outcome.  :func:`audit_outcome` reads the outcome from a flow run's state either
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from deepssim.config import AuditSettings
-from deepssim.outputs import write_summary
+from deepssim.outputs import image_ref, point_latest, prune_run_folders, run_folder_name, summary_text, write_summary
 from deepssim.pipeline import ok_rows, read_manifest
 from tasks.audit import gate_task, verify_task
 from tasks.dashboard import publish_dashboard_task
@@ -41,6 +42,27 @@ class GateFailed(Exception):
         return self.message
 
 
+class _VerdictIsNotACrash(logging.Filter):
+    """Prefect's engine logs a flow run that ends Failed as "Engine execution exited with
+    unexpected exception", with the traceback of the state's exception.  A failed gate is the
+    expected "no", already stated in the run's state message: its record becomes one INFO line
+    without a traceback.  Records of real errors (any other exception) are left alone.
+    Matched by class name: the worker loads this module from its entrypoint path, so the
+    class may exist twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if type(exc).__name__ == GateFailed.__name__:
+            record.msg, record.args = "gate verdict (not an error): %s", (str(exc),)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+for _logger in ("prefect.flow_runs", "prefect.engine"):
+    logging.getLogger(_logger).addFilter(_VerdictIsNotACrash())
+
+
 def audit_outcome(state) -> dict:
     """The outcome dict of a finished ``audit`` flow run's state, whether the gate passed or
     not; an audit that raised re-raises its exception."""
@@ -63,7 +85,7 @@ def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths
     files = write_outputs_task(out_dir, pending, paths.get("verdicts"), paths.get("volumes"), paths.get("manifest"))
     files["verdicts_internal"] = paths.get("verdicts")
     report = render_report_task(out_dir, summary, files, paths.get("pixels"), paths.get("search"), settings)
-    publish_artifacts_task(summary, files["verdicts"], report)
+    publish_artifacts_task(summary, files["verdicts"], report, db=db)
     audit_row = {"audit_id": summary["run"]["audit_id"], "started_at": summary["run"]["started_at"],
                  "finished_at": summary["run"]["finished_at"], "cohort": summary["cohort"]["name"],
                  "model_id": summary["model"].get("model_id", "unknown"),
@@ -71,7 +93,9 @@ def _finish(summary: dict, out_dir: str, db: str, settings: AuditSettings, paths
                  "policy": summary["policy"], "settings": summary["settings"], "verdict": summary["verdict"],
                  "counts": summary["counts"], "volume_counts": summary["volume_counts"],
                  "reasons": summary.get("reasons", []), "complete": summary["complete"]}
-    record_audit_task(db, audit_row, files["verdicts"], settings.store_wait_s)
+    kept = {"verdicts.csv": files["verdicts"], "volumes.csv": files["volumes"],
+            "quarantine.csv": files["quarantine"], "report.html": report}
+    record_audit_task(db, audit_row, files["verdicts"], settings.store_wait_s, kept, summary_text(summary))
     try:
         publish_dashboard_task(db, settings.store_wait_s)
     except Exception:  # the dashboard is a convenience: the verdict must not depend on it
@@ -99,10 +123,10 @@ def _outcome(summary: dict, files: dict, exit_code: int) -> dict:
 def _failure_message(summary: dict, duplicates: list[str]) -> str:
     """The Failed state's message: verdict, reason and the ids of the worst duplicates."""
     message = f"DeepSSIM gate {summary['verdict'].upper()}: {summary['reason']}"
-    if duplicates:
+    if duplicates:  # opaque refs: a run's state is shown everywhere the UI is
         more = summary["counts"].get("duplicate", len(duplicates)) - len(duplicates)
-        message += "; duplicates: " + ", ".join(duplicates) + (f" (+{more} more)" if more > 0 else "")
-    return message
+        message += "; duplicates: " + ", ".join(map(image_ref, duplicates)) + (f" (+{more} more)" if more > 0 else "")
+    return message + f"; audit {summary['run']['audit_id']}"
 
 
 def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSettings, model_path: str | None,
@@ -149,16 +173,57 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
     return EXIT_PASS if decision["verdict"] == "pass" else EXIT_FAIL
 
 
-@flow(name="audit", persist_result=False, validate_parameters=True)
+def run_name() -> str:
+    """``gate <cohort> <- <dataset>``: what a run judges, readable in the runs list."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    candidates = [str(c) for c in params.get("candidates") or []]
+    dataset = Path(candidates[0]).name if candidates else "nothing"
+    if len(candidates) > 1:
+        dataset += f" +{len(candidates) - 1}"
+    return f"gate {params.get('cohort')} <- {dataset}"
+
+
+def _name_verdict(summary: dict) -> None:
+    """Append the verdict to the run's name (best effort: the verdict is in the state too)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{flow_run.name} : {summary['verdict'].upper()}")
+    except Exception:  # noqa: BLE001 - a name is a convenience, never a reason to fail an audit
+        get_run_logger().warning("could not add the verdict to the run's name")
+
+
+def _prune(root: Path, keep: int | None, db: str, wait_s: float) -> None:
+    """Remove run folders beyond the newest ``keep``, only those the store can export."""
+    if keep is None:
+        return
+    from deepssim.store import Store
+
+    with Store(db, read_only=True, wait_s=wait_s) as store:
+        kept = set(store.audits(limit=1_000_000).query("files > 0")["audit_id"])
+    for folder in prune_run_folders(root, keep, kept.__contains__):
+        get_run_logger().info("removed run folder %s (keep_runs=%d); its files stay in the store: "
+                              "deepssim audits export %s", folder.name, keep, folder.name.split("-", 1)[1])
+
+
+@flow(name="audit", flow_run_name=run_name, persist_result=False, validate_parameters=True)
 def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = None,
           settings: dict | None = None, model_path: str | None = None, root: str | None = None,
-          shard_files: int = DEFAULT_SHARD_FILES):
+          shard_files: int = DEFAULT_SHARD_FILES, run_folders: bool = False, keep_runs: int | None = None):
     """Audit the synthetic images under ``candidates`` against registered ``cohort``.
 
     Writes verdicts.csv, volumes.csv, quarantine.csv, summary.json and report.html into
-    ``out_dir``.  Returns the outcome dict (``exit_code`` 0 pass, 1 fail, 3 nothing
-    auditable); a failing gate returns a Failed state whose result is :class:`GateFailed`
-    carrying the same dict.
+    ``out_dir`` — or, with ``run_folders`` (the scheduled gate), into
+    ``out_dir/<UTC time>-<audit id>/`` with ``out_dir/latest`` pointing at the newest run;
+    ``keep_runs`` then removes the oldest run folders beyond that many, only once the store
+    holds their files (``deepssim audits export``), logging each.  Every audit's files are
+    kept in the store either way.  Returns the outcome dict (``exit_code`` 0 pass, 1 fail,
+    3 nothing auditable); a failing gate returns a Failed state whose result is
+    :class:`GateFailed` carrying the same dict.
     On a Dask task runner ingestion and embedding run as shards of ``shard_files`` files.
     """
     log = get_run_logger()
@@ -166,7 +231,31 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
     db = resolve_db(db)
     summary = summary_skeleton(settings_obj, cohort, str(candidates[0]) if candidates else "", new_run_id())
     paths: dict = {}
+    out_root = Path(out_dir)
+    if run_folders:
+        out_dir = str(out_root / run_folder_name(summary["run"]["started_at"], summary["run"]["audit_id"]))
     _mark_started(out_dir, summary)
+    try:
+        outcome, exit_code = _audit_into(out_dir, candidates, cohort, db, settings_obj, model_path, root,
+                                         shard_files, summary, paths)
+    finally:
+        if run_folders:
+            point_latest(out_root, Path(out_dir))
+        _name_verdict(summary)
+    if run_folders:
+        _prune(out_root, keep_runs, db, settings_obj.store_wait_s)
+    log.info("audit %s: %s", summary["run"]["audit_id"], summary["verdict"].upper())
+    if exit_code != EXIT_PASS:
+        message = _failure_message(summary, paths.get("duplicates") or [])
+        return Failed(message=message, data=GateFailed(message, outcome))
+    return outcome
+
+
+def _audit_into(out_dir: str, candidates: list[str], cohort: str, db: str, settings_obj: AuditSettings,
+                model_path: str | None, root: str | None, shard_files: int, summary: dict,
+                paths: dict) -> tuple[dict, int]:
+    """The stages and outputs of one audit into ``out_dir``: (outcome, exit code)."""
+    log = get_run_logger()
     with scratch_dir("deepssim-audit-") as work:
         try:
             exit_code = _run_stages(candidates, cohort, db, settings_obj, model_path, work, summary, paths, root,
@@ -182,9 +271,4 @@ def audit(candidates: list[str], cohort: str, out_dir: str, db: str | None = Non
             except Exception:  # the original error matters more than a failed error report
                 log.exception("could not write the error report")
             raise
-    outcome = _outcome(summary, files, exit_code)
-    log.info("audit %s: %s", summary["run"]["audit_id"], summary["verdict"].upper())
-    if exit_code != EXIT_PASS:
-        message = _failure_message(summary, paths.get("duplicates") or [])
-        return Failed(message=message, data=GateFailed(message, outcome))
-    return outcome
+    return _outcome(summary, files, exit_code), exit_code

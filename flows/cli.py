@@ -168,13 +168,14 @@ def _score_pairs(model, pairs: Path, out: Optional[Path]) -> None:
 
 # ----------------------------------------------------------------------------- cohorts
 @cohort_app.command("register")
-def cohort_register(name: str = typer.Argument(..., help="cohort name"),
-                    paths: List[Path] = typer.Argument(..., help="files or folders of training images"),
+def cohort_register(name: str = typer.Argument(..., metavar="NAME", help="cohort name"),
+                    paths: List[Path] = typer.Argument(..., metavar="PATHS", help="files or folders of training images"),
                     db: Optional[Path] = typer.Option(None, help=DB_HELP),
                     model: Optional[Path] = typer.Option(None, help="checkpoint (default: the store's champion)"),
                     device: str = typer.Option("auto"), precision: PrecisionOption = "auto",
                     wait: WaitOption = 60.0, task_runner: TaskRunnerOption = "thread", dask_address: DaskAddressOption = None,
-                    dask_workers: DaskWorkersOption = 2, shard_size: ShardSizeOption = 512):
+                    dask_workers: DaskWorkersOption = 2, shard_size: ShardSizeOption = 512,
+                    as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
     """Ingest, validate, embed and store a training cohort (incremental: unchanged images are skipped)."""
     _quiet_environment()
     _check_paths(paths)
@@ -187,7 +188,13 @@ def cohort_register(name: str = typer.Argument(..., help="cohort name"),
                             settings=settings, shard_files=shard_size)
     if exc is not None or not isinstance(result, dict):
         _fail(f"registration failed: {exc or result}")
-    typer.echo(json.dumps(result, indent=2))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"registered cohort {result['cohort']}: {result['cohort_images']} images "
+               f"({result['new_images']} new, {result['new_or_changed'] - result['new_images']} changed, "
+               f"{result['unchanged']} unchanged; {result['embedded']} embedded; "
+               f"{result['quarantined']} quarantined) with model {result['model_id']}")
 
 
 @cohort_app.command("list")
@@ -205,7 +212,7 @@ def cohort_list(db: Optional[Path] = typer.Option(None, help=DB_HELP)):
 
 # ----------------------------------------------------------------------------- audit
 @app.command()
-def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files or folders"),
+def audit(paths: List[Path] = typer.Argument(..., metavar="PATHS", help="synthetic images: files or folders"),
           cohort: str = typer.Option(..., help="registered training cohort to compare against"),
           out: Path = typer.Option(Path("deepssim-audit"), help="output folder"),
           db: Optional[Path] = typer.Option(None, help=DB_HELP),
@@ -237,6 +244,7 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
     settings = _settings(similar, duplicate, max_duplicates, max_similar_fraction, verify, allow_quarantined,
                          k, device, batch_size, wait, thresholds_source=source, precision=precision,
                          verify_workers=verify_workers)
+    _check_audit_target(db, cohort, model)
     from flows.audit import audit as audit_flow
 
     flow = _runner_flow(audit_flow, task_runner, dask_address, dask_workers)
@@ -249,11 +257,81 @@ def audit(paths: List[Path] = typer.Argument(..., help="synthetic images: files 
     raise typer.Exit(outcome["exit_code"])
 
 
+def _check_audit_target(db: Optional[Path], cohort: str, model: Optional[Path]) -> None:
+    """A missing store, an unknown cohort or a missing checkpoint is a usage error (exit 2)
+    found before any image is read.  A busy or older store is left to the audit itself."""
+    from deepssim.config import default_db_path
+    from deepssim.store import Store, StoreBusyError, StoreError
+
+    if model is not None and not model.is_file():
+        _usage_error(f"no model checkpoint at {model}")
+    path = db or default_db_path()
+    if not path.exists():
+        _usage_error(f"no store at {path}: register a cohort first (deepssim cohort register NAME PATHS --db {path})")
+    try:
+        with Store(path, read_only=True, wait_s=1) as store:
+            names = sorted(store.cohorts()["name"])
+    except StoreBusyError:
+        return
+    except StoreError as exc:
+        if "schema version" in str(exc):
+            return
+        _usage_error(exc)
+    if cohort not in names:
+        _usage_error(f"unknown cohort {cohort!r} (registered: {', '.join(names) or 'none'})")
+
+
 def _print_outcome(outcome: dict) -> None:
     colour = {"pass": typer.colors.GREEN, "fail": typer.colors.RED}.get(outcome["verdict"], typer.colors.YELLOW)
     typer.secho(f"gate {outcome['verdict'].upper()}: {outcome['reason']}", fg=colour, bold=True)
     typer.echo("counts: " + ", ".join(f"{k} {v}" for k, v in outcome["counts"].items()))
     typer.echo(f"report: {outcome['report']}")
+
+
+# ----------------------------------------------------------------------------- audits
+audits_app = typer.Typer(no_args_is_help=True, help="The audit trail: every audit's verdict and files, from the store.")
+app.add_typer(audits_app, name="audits")
+
+
+def _open_store(db: Optional[Path]):
+    from deepssim.config import default_db_path
+    from deepssim.store import Store, StoreError
+
+    try:
+        return Store(db or default_db_path(), read_only=True, wait_s=5)
+    except StoreError as exc:
+        _fail(str(exc), 2)
+
+
+@audits_app.command("list")
+def audits_list(db: Optional[Path] = typer.Option(None, help=DB_HELP),
+                limit: int = typer.Option(50, help="newest audits shown")):
+    """Audits newest first: id, finish time (UTC), cohort, candidates, verdict, counts."""
+    from deepssim.audit_trail import audit_table
+
+    with _open_store(db) as store:
+        table = audit_table(store.audits(limit))
+    typer.echo(table.to_string(index=False) if len(table) else "no audits recorded")
+
+
+@audits_app.command("export")
+def audits_export(audit_id: str = typer.Argument(..., metavar="AUDIT_ID", help="audit id (deepssim audits list)"),
+                  out: Path = typer.Option(..., help="folder to write the audit's files into"),
+                  db: Optional[Path] = typer.Option(None, help=DB_HELP)):
+    """Re-write an audit's summary.json, verdicts.csv, report.html (...) exactly as first written."""
+    from deepssim.store import StoreError
+
+    with _open_store(db) as store:
+        try:
+            files = store.audit_files(audit_id)
+        except StoreError as exc:
+            _fail(str(exc), 2)
+    if not files:
+        _fail(f"audit {audit_id} was recorded before audits kept their files (only its rows are in the store)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    typer.echo(f"wrote {', '.join(sorted(files))} of audit {audit_id} to {out}")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -263,8 +341,9 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="output folder (holds t
     _quiet_environment()
     from flows.demo import run_demo
 
+    say = lambda message: typer.secho(message, err=True, dim=True)  # noqa: E731 - progress on stderr
     try:
-        outcome = run_demo(out)
+        outcome = run_demo(out, say=say)
     except Exception as exc:  # noqa: BLE001
         _fail(f"demo failed: {type(exc).__name__}: {exc}")
     _print_outcome(outcome)

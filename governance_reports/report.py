@@ -156,7 +156,8 @@ def _evidence(evidence: list[Mapping]) -> dict:
     ranked = sorted(evidence, key=lambda r: _desc(r.get("score")))
     view = _capped(ranked, MAX_EVIDENCE)
     view["rows"] = [dict(e, candidate_uri=data_uri(e.get("candidate_png")),
-                         nearest_uri=data_uri(e.get("nearest_png"))) for e in view["rows"]]
+                         nearest_uri=data_uri(e.get("nearest_png")), aligned_uri=data_uri(e.get("aligned_png")),
+                         difference_uri=data_uri(e.get("difference_png"))) for e in view["rows"]]
     return view
 
 
@@ -233,11 +234,18 @@ def build_view(context: Mapping) -> dict:
 
 
 # ---------------------------------------------------------------- rendering
+def _ref(image_id) -> str:
+    """The opaque ref artifacts and run states use for an image (see deepssim.outputs.image_ref)."""
+    from deepssim.outputs import image_ref
+
+    return image_ref(str(image_id)) if image_id else ""
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(path=fmt_path, score=fmt_score, yesno=fmt_bool, value=fmt_value,
-                       label_class=label_class)
+                       label_class=label_class, ref=_ref)
     return env
 
 

@@ -41,9 +41,24 @@ def write_outputs_task(out_dir: str, summary: dict, verdicts_path: str | None, v
     return {k: str(v) for k, v in files.items()}
 
 
-def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, search: dict, n: int) -> list[dict]:
+def _aligned_views(candidate: np.ndarray, reference: np.ndarray, settings: AuditSettings) -> dict:
+    """The training image carried into the candidate's frame and their difference, as PNGs
+    (a flipped or rotated copy then looks like what it is); {} when the alignment is not a
+    verified one.  Re-runs the verification of this one pair (evidence pairs only)."""
+    from deepssim.verify import aligned_reference, verify_pair
     from governance_reports.images import png_bytes
 
+    alignment = verify_pair(candidate, reference, settings.verification)
+    if not alignment.verified or not np.isfinite(alignment.score):
+        return {}
+    aligned = aligned_reference(reference, alignment)
+    return {"aligned_png": png_bytes(aligned), "difference_png": png_bytes(np.abs(candidate - aligned) * 2.0)}
+
+
+def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, search: dict, settings: AuditSettings) -> list[dict]:
+    from governance_reports.images import png_bytes
+
+    n = settings.evidence_pairs
     top = worst_first(verdicts)
     top = top[top["label"] != "different"].head(n) if (top["label"] != "different").any() else top.head(min(n, 4))
     if not len(top) or not pixels_path:
@@ -51,10 +66,14 @@ def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, search: dict, n: 
     pixels = np.load(pixels_path, mmap_mode="r")
     images = pd.read_parquet(search["snapshot"])
     refs = read_pixel_rows(Path(search["pixel_dir"]), images.iloc[top["nearest_index"].astype(int).to_numpy()])
-    return [{"candidate_id": r.image_id, "candidate_png": png_bytes(np.asarray(pixels[int(r.row)], np.float32)),
-             "nearest_id": r.nearest_id, "nearest_png": png_bytes(ref), "score": float(r.score),
-             "embedding_score": float(r.embedding_score), "label": r.label, "alignment": r.alignment}
-            for r, ref in zip(top.itertuples(), refs)]
+    rows = []
+    for r, ref in zip(top.itertuples(), refs):
+        candidate, ref = np.asarray(pixels[int(r.row)], np.float32), np.asarray(ref, np.float32)
+        aligned = _aligned_views(candidate, ref, settings) if bool(r.verified) else {}
+        rows.append({"candidate_id": r.image_id, "candidate_png": png_bytes(candidate), "nearest_id": r.nearest_id,
+                     "nearest_png": png_bytes(ref), "score": float(r.score), "embedding_score": float(r.embedding_score),
+                     "label": r.label, "alignment": r.alignment, **aligned})
+    return rows
 
 
 @task(name="render-report", persist_result=False)
@@ -68,7 +87,7 @@ def render_report_task(out_dir: str, summary: dict, files: dict, pixels_path: st
     evidence = []
     if len(verdicts) and search and files.get("verdicts_internal"):
         internal = pd.read_parquet(Path(files["verdicts_internal"]))
-        evidence = _evidence(internal, pixels_path, search, settings.evidence_pairs)
+        evidence = _evidence(internal, pixels_path, search, settings)
     context = {
         "summary": summary,
         "verdicts": verdicts.to_dict("records"),
@@ -84,26 +103,42 @@ def render_report_task(out_dir: str, summary: dict, files: dict, pixels_path: st
 # Retried: the Prefect API may hiccup, and keyed artifacts are idempotent (a retry adds a
 # version, never a wrong verdict).  Store tasks are not retried by Prefect: Store already
 # waits up to --wait for a lock, and a retry would break that bound.
-@task(name="publish-artifacts", persist_result=False, retries=2, retry_delay_seconds=1)
-def publish_artifacts_task(summary: dict, verdicts_csv: str, report_path: str, top_n: int = 20) -> None:
-    """Prefect UI artifacts with stable keys (ids, paths and scores only — no pixels)."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
-    counts = summary.get("counts", {})
+def _summary_markdown(summary: dict, db: str | None) -> str:
+    counts, run = summary.get("counts", {}), summary.get("run", {})
     md = [f"# DeepSSIM gate: **{summary['verdict'].upper()}**", "", summary.get("reason", ""), "",
           "| label | count |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in counts.items()]
     md += ["", f"cohort `{summary.get('cohort', {}).get('name')}` · model `{summary.get('model', {}).get('model_id')}`"
-           f" · thresholds {summary.get('thresholds', {}).get('similar')}/{summary.get('thresholds', {}).get('duplicate')}"]
-    create_markdown_artifact(key="deepssim-gate-summary", markdown="\n".join(md),
+           f" · thresholds {summary.get('thresholds', {}).get('similar')}/{summary.get('thresholds', {}).get('duplicate')}",
+           "", f"audit `{run.get('audit_id')}` · its report, verdicts and summary stay in the store: "
+           f"`deepssim audits export {run.get('audit_id')} --out DIR" + (f" --db {db}`" if db else "`"),
+           "", "Images are named by opaque refs here (`ref-…`); the report and verdicts.csv map them to files."]
+    return "\n".join(md)
+
+
+def top_matches(verdicts_csv: str, top_n: int) -> list[dict]:
+    """The worst candidates as opaque refs, labels and scores (no ids, paths or folder names)."""
+    from deepssim.outputs import image_ref
+
+    if not Path(verdicts_csv).exists():
+        return []
+    verdicts = pd.read_csv(verdicts_csv, keep_default_na=False)
+    return [{"rank": rank, "candidate": image_ref(r.image_id), "label": r.label, "score": r.score,
+             "nearest": image_ref(r.nearest_id) if r.nearest_id else ""}
+            for rank, r in enumerate(worst_first(verdicts).head(top_n).itertuples(), start=1)]
+
+
+@task(name="publish-artifacts", persist_result=False, retries=2, retry_delay_seconds=1)
+def publish_artifacts_task(summary: dict, verdicts_csv: str, report_path: str, top_n: int = 20,
+                           db: str | None = None) -> None:
+    """Prefect UI artifacts with stable keys: verdict, counts, opaque refs and scores — no
+    pixels, ids, paths or folder names (a cohort's folders are often patient codes)."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(key="deepssim-gate-summary", markdown=_summary_markdown(summary, db),
                              description="DeepSSIM memorization gate verdict")
-    rows = []
-    if Path(verdicts_csv).exists():
-        verdicts = pd.read_csv(verdicts_csv, keep_default_na=False)
-        if len(verdicts):
-            rows = worst_first(verdicts).head(top_n)[["image_id", "label", "score", "nearest_id",
-                                                       "nearest_path"]].to_dict("records")
-    create_table_artifact(key="deepssim-top-matches", table=rows or [{"image_id": "", "label": "none"}],
-                          description="Worst candidates and their nearest training images")
+    rows = top_matches(verdicts_csv, top_n)
+    create_table_artifact(key="deepssim-top-matches", table=rows or [{"candidate": "", "label": "none"}],
+                          description="Worst candidates (opaque refs) and their nearest training images")
     create_link_artifact(key="deepssim-report", link=Path(report_path).resolve().as_uri(),
                          link_text="DeepSSIM audit report", description="Self-contained HTML audit report")

@@ -116,8 +116,13 @@ def search_task(db: str, cohort: str, model_id: str, embeddings_path: str, k: in
 
 
 @task(name="record-audit", persist_result=False)
-def record_audit_task(db: str, audit: dict, verdicts_path: str | None, wait_s: float) -> None:
-    """Store the audit row and its per-candidate results (one transaction)."""
+def record_audit_task(db: str, audit: dict, verdicts_path: str | None, wait_s: float,
+                      files: dict[str, str] | None = None, summary_json: str | None = None) -> None:
+    """Store the audit row, its per-candidate results and its output files (``files``: name
+    -> path as written; ``summary_json``: summary.json's final text) in one transaction."""
     results = pd.read_csv(verdicts_path) if verdicts_path and Path(verdicts_path).exists() else pd.DataFrame()
+    kept = {name: Path(path).read_bytes() for name, path in (files or {}).items() if path and Path(path).exists()}
+    if summary_json is not None:
+        kept["summary.json"] = summary_json.encode("utf-8")
     with Store(db, wait_s=wait_s) as store:
-        store.record_audit(audit, results)
+        store.record_audit(audit, results, kept)

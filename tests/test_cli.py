@@ -40,6 +40,13 @@ def flipped(tmp_path_factory) -> Path:
     return path
 
 
+def test_usage_lines_name_arguments_not_python_types(tmp_path):
+    for command in (["cohort", "register"], ["audit"], ["audits", "export"]):
+        proc = _run([DEEPSSIM, *command, "--help"], _env(home=tmp_path), timeout=60)
+        usage = next(line for line in proc.stdout.splitlines() if "Usage:" in line)
+        assert "list[" not in usage and "Path" not in usage and ("PATHS" in usage or "AUDIT_ID" in usage), usage
+
+
 def test_help_imports_neither_torch_nor_prefect(tmp_path):
     proc = _run([sys.executable, "-X", "importtime", "-m", "flows.cli", "--help"], _env(home=tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -82,14 +89,38 @@ def test_negative_verify_workers_is_a_usage_error(tmp_path):
     assert not (tmp_path / "out" / "summary.json").exists()  # refused before anything ran
 
 
+def test_audit_against_an_unknown_cohort_or_store_is_a_usage_error_up_front(tmp_path):
+    """A typo in --cohort, a missing store or checkpoint: exit 2 with one line, before any
+    image is read (no output folder, no flow run, no traceback)."""
+    from deepssim.store import Store
+
+    db = tmp_path / "g.duckdb"
+    with Store(db) as store:  # an empty, valid store: no cohorts registered
+        assert store.cohorts().empty
+    out = tmp_path / "out"
+    cases = {"unknown cohort 'no-such-cohort' (registered: none)": ["--db", db],
+             "no store at": ["--db", tmp_path / "missing.duckdb"],
+             "no model checkpoint at": ["--db", db, "--model", tmp_path / "nope.pt"]}
+    for expected, extra in cases.items():
+        proc = _run([DEEPSSIM, "audit", TRAIN_SLICE, "--cohort", "no-such-cohort", "--out", out, *extra],
+                    _env(home=tmp_path), timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], proc.stderr
+        assert not out.exists()
+
+
 @pytest.mark.prefect
 @pytest.mark.slow
-def test_audit_against_an_unknown_cohort_is_an_error_never_a_pass(tmp_path, prefect_harness, others_dir):
+def test_the_audit_flow_against_an_unknown_cohort_is_an_error_never_a_pass(tmp_path, prefect_harness,
+                                                                         others_dir):
+    """Through a deployment (no CLI check in front) the flow still fails closed."""
+    from flows.audit import audit
+
     out = tmp_path / "out"
-    proc = _run([DEEPSSIM, "audit", others_dir, "--cohort", "no-such-cohort", "--db", tmp_path / "g.duckdb",
-                 "--out", out], _env(prefect_harness, home=tmp_path))
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "no-such-cohort" in proc.stderr
+    state = audit(candidates=[str(others_dir)], cohort="no-such-cohort", out_dir=str(out),
+                  db=str(tmp_path / "g.duckdb"), return_state=True)
+    assert state.is_failed()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdict"] == "error" and summary["complete"] is False
     assert "unknown cohort" in summary["reason"]

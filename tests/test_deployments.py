@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import OTHER_SUBJECTS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "deepssim" / "sample_data"
@@ -125,6 +128,7 @@ def _register(name: str, src: Path, db: Path, env: dict) -> None:
     done = subprocess.run([str(BIN / "deepssim"), "cohort", "register", name, str(src), "--db", str(db),
                            "--device", "cpu"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"registered cohort {name}: "), done.stdout  # a sentence, not a dict
 
 
 def test_release_gate_and_event_driven_retraining(tmp_path):
@@ -152,6 +156,12 @@ def test_release_gate_and_event_driven_retraining(tmp_path):
         assert gate["global_concurrency_limit"]["limit"] == 1 == retrain["global_concurrency_limit"]["limit"]
         assert gate["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
         assert gate["parameters"]["cohort"] == "gate-train" and gate["parameters"]["db"] == str(db)
+        assert gate["parameters"]["run_folders"] is True
+        # the retrain's event trigger is an automation (the README sends users to Automations)
+        automations = api.post("/automations/filter", {})
+        runs_retrain = [a for a in automations for action in a["actions"]
+                        if action.get("deployment_id") == retrain["id"]]
+        assert len(runs_retrain) == 1 and "deepssim.cohort.registered" in json.dumps(runs_retrain[0]["trigger"])
 
         worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", "deepssim-process"],
                         env, tmp_path / "worker.log")
@@ -165,14 +175,41 @@ def test_release_gate_and_event_driven_retraining(tmp_path):
         assert final["state_type"] == "COMPLETED", final["state"]
         assert {"deepssim-model-registry", "deepssim-training-progress"} <= set(api.artifacts(runs[0]["id"]))
 
-        # the scheduled gate, run now with parameters
-        params = {"out_dir": str(tmp_path / "gate-run"), "settings": {"verification": {"enabled": False}}}
+        # the scheduled gate, run now with parameters: FAIL (planted copies), then PASS
+        # (other subjects only); each run keeps its own folder, report and artifacts
+        out_root = tmp_path / "gate-runs"
+        params = {"out_dir": str(out_root), "settings": {"verification": {"enabled": False}}}
         run = api.post(f"/deployments/{gate['id']}/create_flow_run", {"parameters": params})
         final = _wait_terminal(api, run["id"], 300)
-        # the bundled candidates hold planted copies: the gate fails, with its evidence
         assert final["state_type"] == "FAILED", final["state"]
         assert "DeepSSIM gate FAIL" in (final["state"].get("message") or "")
-        summary = json.loads((tmp_path / "gate-run" / "summary.json").read_text())
+        clean = tmp_path / "clean"
+        clean.mkdir()
+        for name in OTHER_SUBJECTS:
+            shutil.copy(SAMPLE / "candidates" / name, clean / name)
+        passing = api.post(f"/deployments/{gate['id']}/create_flow_run",
+                           {"parameters": {**params, "candidates": [str(clean)]}})
+        assert _wait_terminal(api, passing["id"], 300)["state_type"] == "COMPLETED"
+        folders = sorted(p for p in out_root.iterdir() if not p.is_symlink())
+        assert len(folders) == 2 and (out_root / "latest").resolve() == folders[1].resolve()
+        verdicts = [json.loads((f / "summary.json").read_text())["verdict"] for f in folders]
+        assert verdicts == ["fail", "pass"]
+        for flow_run, folder in ((run, folders[0]), (passing, folders[1])):
+            link = api.artifacts(flow_run["id"])["deepssim-report"]["data"]
+            assert (folder / "report.html").resolve().as_uri() in link
+            name = api.get(f"/flow_runs/{flow_run['id']}")["name"]
+            assert name.startswith("gate gate-train <- ") and name.endswith((": FAIL", ": PASS")), name
+        audit_id = folders[0].name.split("-", 1)[1]
+        export = tmp_path / "export"
+        done = subprocess.run([str(BIN / "deepssim"), "audits", "export", audit_id, "--out", str(export),
+                               "--db", str(db)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for name in ("summary.json", "verdicts.csv", "report.html"):
+            assert (export / name).read_bytes() == (folders[0] / name).read_bytes(), name
+        worker_log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert "Traceback" not in worker_log and "unexpected exception" not in worker_log, worker_log[-3000:]
+        assert "gate verdict (not an error)" in worker_log
+        summary = json.loads((folders[0] / "summary.json").read_text())
         assert summary["verdict"] == "fail" and summary["counts"]["duplicate"] >= 1
         artifacts = api.artifacts(run["id"])
         assert {"deepssim-gate-summary", "deepssim-audit-history", "deepssim-model-registry"} <= set(artifacts)
@@ -183,6 +220,8 @@ def test_release_gate_and_event_driven_retraining(tmp_path):
         registry = json.loads(registry) if isinstance(registry, str) else registry
         statuses = sorted(r["status"] for r in registry)  # the shipped model + the retrain's challenger
         assert len(registry) == 2 and statuses in (["challenger", "champion"], ["champion", "retired"])
+        # the shipped model too: its parent from its training record, its evaluation as champion
+        assert all(r["parent"] and r["mae_augmented"] is not None for r in registry), registry
         assert history[0]["model_id"] in {r["model_id"] for r in registry if r["status"] == "champion"}
     finally:
         _stop(worker)

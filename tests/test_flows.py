@@ -72,8 +72,11 @@ def test_audit_flags_copies_and_fails_the_run(runs):
     with pytest.raises(GateFailed) as failed:
         state.result()
     assert failed.value.outcome == outcome and str(failed.value) == state.message
-    for copy_id in copies:
-        assert copy_id in state.message, state.message
+    from deepssim.outputs import image_ref
+
+    for copy_id in copies:  # named by opaque refs: a run's state is shown wherever the UI is
+        assert image_ref(copy_id) in state.message and copy_id not in state.message, state.message
+    assert outcome["audit_id"] in state.message
 
     out = runs["base"] / "mixed"
     verdicts = pd.read_csv(out / "verdicts.csv")
@@ -124,10 +127,14 @@ def test_audit_artifacts_carry_ids_not_pixels(runs):
     table = artifacts["deepssim-top-matches"]
     assert table.type == "table" and "base64" not in str(table.data)
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    by_id = {r["image_id"]: r for r in rows}
+    from deepssim.outputs import image_ref
+
+    by_ref = {r["candidate"]: r for r in rows}
     for copy_id, source_id in runs["copies"].items():
-        assert by_id[copy_id]["label"] == "duplicate" and by_id[copy_id]["nearest_id"] == source_id
-    assert set(rows[0]) == {"image_id", "label", "score", "nearest_id", "nearest_path"}
+        row = by_ref[image_ref(copy_id)]
+        assert row["label"] == "duplicate" and row["nearest"] == image_ref(source_id)
+    assert set(rows[0]) == {"rank", "candidate", "label", "score", "nearest"}
+    assert not any(c in str(table.data) for c in list(runs["copies"]) + list(runs["copies"].values()))
 
     link = artifacts["deepssim-report"]
     report_uri = (runs["base"] / "mixed" / "report.html").resolve().as_uri()

@@ -126,3 +126,20 @@ def test_few_training_steps_reduce_loss(pool):
     assert not result.model.training
     emb = result.model(a[:4])
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_the_time_budget_stops_training_before_the_schedule_is_fitted_and_progress_is_logged(pool):
+    """A budget spent before step 80 (a busy machine) still stops training, and progress
+    lines come at least every ``heartbeat_s`` between evaluations."""
+    from deepssim.train import TrainConfig, train
+
+    config = TrainConfig(steps=10_000, batch_size=8, warmup_steps=5, eval_every=5_000, eval_pairs=16,
+                         device="cpu", seed=0, time_budget_s=1.0, heartbeat_s=0.0)
+    logs: list[str] = []
+    result = train(pool.select_subjects(TRAIN_SUBJECTS), pool.select_subjects(VAL_SUBJECTS), config,
+                   EncoderConfig(), log=logs.append)
+    assert result.steps < 80, result.steps
+    assert any(line.startswith("time budget 1s spent at step") for line in logs), logs
+    beats = [line for line in logs if "(training; next evaluation at step" in line]
+    assert len(beats) >= result.steps - 2 and beats[0].startswith("step 1/10000")
+    assert result.history[-1]["step"] == result.steps  # the stopped run is still evaluated
