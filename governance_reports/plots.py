@@ -42,7 +42,7 @@ def _threshold_line(ax, x: float, colour: str, text: str) -> None:
     ax.axvline(x, color=colour, linestyle="--", linewidth=1.6)
     ax.annotate(f"{text} {x:.2f}", xy=(x, 1.0), xycoords=("data", "axes fraction"),
                 xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
-                color=colour, fontsize=9, fontweight="bold")
+                color=colour, fontsize=11, fontweight="bold")
 
 
 def score_histogram_png(scores: Iterable, similar: float | None, duplicate: float | None,
@@ -62,7 +62,8 @@ def score_histogram_png(scores: Iterable, similar: float | None, duplicate: floa
     lo = min(0.0, float(vals.min()))
     edges = np.linspace(lo, max(1.0, float(vals.max())), bins + 1)
     counts, _ = np.histogram(vals, bins=edges)
-    fig = Figure(figsize=(10.0, 3.4), dpi=110)
+    # 2:1 with large type: the image is scaled down to ~400 px on a phone and must stay legible
+    fig = Figure(figsize=(6.4, 3.2), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge",
            color=_bar_colours(edges, similar, duplicate), edgecolor="white", linewidth=0.5)
@@ -72,14 +73,15 @@ def score_histogram_png(scores: Iterable, similar: float | None, duplicate: floa
 
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_ylabel("candidates (log scale)")
+        ax.set_ylabel("candidates (log scale)", fontsize=12)
     else:
-        ax.set_ylabel("candidates")
+        ax.set_ylabel("candidates", fontsize=12)
     if similar is not None:
         _threshold_line(ax, similar, _AMBER, "similar")
     if duplicate is not None:
         _threshold_line(ax, duplicate, _RED, "duplicate")
-    ax.set_xlabel("best DeepSSIM score against the training cohort")
+    ax.set_xlabel("best score against the training cohort", fontsize=12)
+    ax.tick_params(labelsize=11)
     ax.set_xlim(edges[0], edges[-1])
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()

@@ -181,8 +181,27 @@ def _first(data: Mapping, keys: Iterable[str]) -> dict:
     return {**head, **{k: v for k, v in data.items() if k not in head}}
 
 
+_BYTE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
+
+
+def _human(key: str, text: str) -> str:
+    """Byte counts and pixel limits in units a reader can take in."""
+    try:
+        number = int(text)
+    except ValueError:
+        return text
+    if key.endswith("bytes"):
+        size, unit = float(number), 0
+        while size >= 1024 and unit < len(_BYTE_UNITS) - 1:
+            size, unit = size / 1024, unit + 1
+        return f"{size:.0f} {_BYTE_UNITS[unit]}" if unit else f"{number} bytes"
+    return f"{number:,} pixels" if key.endswith("pixels") else text
+
+
 def _provenance(summary: Mapping) -> list[dict]:
     run = _mapping(summary.get("run"))
+    # thresholds and policy have their own sections: not repeated under settings
+    settings = {k: v for k, v in _mapping(summary.get("settings")).items() if k not in ("thresholds", "policy")}
     sections = [
         ("Run", run if run else None),
         ("Model", _first(_mapping(summary.get("model")), ("model_id", "sha256"))),
@@ -190,9 +209,9 @@ def _provenance(summary: Mapping) -> list[dict]:
         ("Thresholds", summary.get("thresholds")),
         ("Gate policy", summary.get("policy")),
         ("Package versions", summary.get("versions")),
-        ("Settings", summary.get("settings")),
+        ("Settings", settings or None),
     ]
-    return [{"title": title, "rows": flatten(data)} for title, data in sections]
+    return [{"title": title, "rows": [(k, _human(k, v)) for k, v in flatten(data)]} for title, data in sections]
 
 
 def _headline(summary: Mapping) -> list[tuple[str, str]]:

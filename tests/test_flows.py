@@ -196,3 +196,25 @@ def test_reregistration_embeds_only_new_images(runs, train_dir, extra_train_imag
     assert upgraded["new_or_changed"] == 0 and upgraded["embedded"] > 0
     with Store(runs["db"], read_only=True) as store:
         assert len(store.missing_cohort_embeddings(COHORT, other.model_id)) == 0
+
+
+def test_report_reads_on_a_phone_and_a_desktop_in_a_real_browser(runs, tmp_path):
+    """The real audit report in headless Chromium at 420 and 1400 CSS px: nothing runs past
+    the right edge (wide tables scroll inside their own box), evidence images stay large,
+    every evidence pair of a verified copy shows the aligned training image and the
+    difference, provenance values get a readable column."""
+    from helpers.browser import chromium, measure
+
+    binary = chromium()
+    if binary is None:
+        pytest.skip("no Chromium/Chrome on this machine (.ci/run installs Debian's chromium)")
+    report = runs["base"] / "mixed" / "report.html"
+    for width in (420, 1400):
+        m = measure(binary, report, width, tmp_path)
+        assert m["viewport"] == width, m
+        assert m["outside"] == [] and m["scroll_width"] <= width, m
+        assert len(m["images_per_pair"]) >= len(runs["copies"]) and min(m["images_per_pair"]) >= 2, m
+        assert m["images_per_pair"].count(4) >= len(runs["copies"]), m  # + aligned + difference
+        assert min(m["evidence_images"]) >= 120, m
+        assert min(m["value_cells"]) >= 150, m
+        assert m["histogram"] and m["histogram"][0] >= min(width - 80, 600), m
