@@ -46,9 +46,9 @@ def embed_rates(pixels_path: Path, out: Path, batch: int) -> dict:
     of the bare forward on an in-memory array (same batches, same run)."""
     import torch
 
-    from deepssim.checkpoint import DEFAULT_MODEL, load_checkpoint
-    from deepssim.embed import Embedder
-    from deepssim.pipeline import embed_pixels
+    from deepssim.metric.checkpoint import DEFAULT_MODEL, load_checkpoint
+    from deepssim.metric.embed import Embedder
+    from deepssim.audit.pipeline import embed_pixels
 
     n = int(np.load(pixels_path, mmap_mode="r").shape[0])
     rows = np.arange(n)
@@ -67,8 +67,8 @@ def embed_rates(pixels_path: Path, out: Path, batch: int) -> dict:
 def per_candidate(emb_path: Path, cohort: int, embed_s: float, n: int) -> dict:
     """Seconds per candidate of the embedding-only audit path against ``cohort`` keys."""
     from deepssim.config import SearchConfig, Thresholds
-    from deepssim.gate import label_scores
-    from deepssim.search import topk_cosine
+    from deepssim.audit.gate import label_scores
+    from deepssim.store.search import topk_cosine
 
     cfg = SearchConfig()
     q = np.load(emb_path)
@@ -81,7 +81,7 @@ def per_candidate(emb_path: Path, cohort: int, embed_s: float, n: int) -> dict:
 
 
 def ssim_per_pair(pixels_path: Path, pairs: int) -> float:
-    from deepssim.ssim import reference_ssim
+    from deepssim.metric.ssim import reference_ssim
 
     px = np.load(pixels_path, mmap_mode="r")
     a = np.asarray(px[:pairs], np.float64)
@@ -92,7 +92,7 @@ def ssim_per_pair(pixels_path: Path, pairs: int) -> float:
 
 def verify_per_pair(pixels_path: Path, pairs: int) -> float:
     from deepssim.config import VerificationConfig
-    from deepssim.verify import verify_pair
+    from deepssim.audit.verify import verify_pair
 
     px = np.load(pixels_path, mmap_mode="r")
     cfg = VerificationConfig()

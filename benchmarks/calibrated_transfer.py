@@ -5,7 +5,7 @@
 
 Each RUN is an output folder of ``benchmarks/detection_quality.py`` (``RUN/bench/truth.csv``
 and ``RUN/results/results.json``).  Thresholds are fitted on FIT_RUN's scores of ``--method``
-with :func:`deepssim.calibrate.calibrate_from_benchmark` (what ``deepssim calibrate
+with :func:`deepssim.evaluation.calibrate.calibrate_from_benchmark` (what ``deepssim calibrate
 --benchmark`` does) and the labels they imply are scored on each APPLY_RUN: macro F1 and
 per-class precision / recall, printed as a markdown table.  No image is re-scored.
 ``--apply-method`` names the same scores in APPLY_RUNs written under another method name.
@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deepssim.benchmark import evaluate  # noqa: E402
-from deepssim.calibrate import calibrate_from_benchmark  # noqa: E402
+from deepssim.evaluation.benchmark import evaluate  # noqa: E402
+from deepssim.evaluation.calibrate import calibrate_from_benchmark  # noqa: E402
 
 CLASSES = ("duplicate", "similar", "different")
 

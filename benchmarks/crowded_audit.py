@@ -15,7 +15,7 @@ What it does:
    crowd every candidate's ranking.  Nearly empty slices (< 5 % of pixels above 10 % of the
    volume's window) are skipped.  One folder per volume/rotation/axis.
 2. **Candidates** (``--candidates``), interleaved so any prefix holds the same mix:
-   ``copy`` — a cohort slice's 128 px model input under :func:`deepssim.augment.nuisance_augment`,
+   ``copy`` — a cohort slice's 128 px model input under :func:`deepssim.metric.augment.nuisance_augment`,
    quantised to 8 bit;
    ``neighbour`` — a slice of the same volumes at a rotation that is NOT in the cohort;
    ``different`` — a slice of another subject (``../shared/data/slices/brain_mri`` other than
@@ -34,7 +34,7 @@ What it does:
    ``PYTHONPATH=<worktree>`` (the editable install's finder comes after ``PYTHONPATH`` on
    ``sys.meta_path``; a probe prints which ``deepssim`` each version imports).  OLD's audit
    is slow, so it runs with ``--old-candidates`` (default 40 and 80).
-6. **Exhaustive reference SSIM**: :func:`deepssim.ssim.reference_ssim` (z-score, scikit-image
+6. **Exhaustive reference SSIM**: :func:`deepssim.metric.ssim.reference_ssim` (z-score, scikit-image
    defaults) timed on ``--ssim-pairs`` real candidate x cohort pairs of 128 px model inputs,
    in chunks interleaved with the audits (the machine is noisy), one process, extrapolated to
    the cohort size per candidate.
@@ -161,7 +161,7 @@ def _nuisance_copy(path: Path, seed: int, strength: float) -> np.ndarray:
     import torch
 
     from deepssim.api import load_image
-    from deepssim.augment import nuisance_augment
+    from deepssim.metric.augment import nuisance_augment
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(load_image(path))[None, None]
@@ -369,7 +369,7 @@ class SsimClock:
         self.next, self.seconds, self.values = 0, 0.0, []
 
     def chunk(self, n: int) -> None:
-        from deepssim.ssim import reference_ssim
+        from deepssim.metric.ssim import reference_ssim
 
         stop = min(len(self.a), self.next + n)
         t0 = time.perf_counter()

@@ -4,8 +4,8 @@
         [--pydicom-ct] [--seed 0] [--methods ...] [--n 30]
 
 Builds a benchmark from the real images under SRC (``<subject>/`` folders of PNG/NPY,
-e.g. ../shared/data/slices) into ``OUT/bench`` (:func:`deepssim.benchmark.build_benchmark`),
-runs the methods (:func:`deepssim.benchmark.run_benchmark`) and prints the markdown table;
+e.g. ../shared/data/slices) into ``OUT/bench`` (:func:`deepssim.evaluation.benchmark.build_benchmark`),
+runs the methods (:func:`deepssim.evaluation.benchmark.run_benchmark`) and prints the markdown table;
 ``OUT/results/`` receives results.json, results.md and results.png.  ``--pydicom-ct`` adds
 the CT test images pydicom ships (CT_small.dcm, liver_1frame.dcm), one subject each.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deepssim.benchmark import DEFAULT_METHODS, METHODS, build_benchmark, markdown_table, run_benchmark  # noqa: E402
+from deepssim.evaluation.benchmark import DEFAULT_METHODS, METHODS, build_benchmark, markdown_table, run_benchmark  # noqa: E402
 
 PYDICOM_CT = {"pydicom_ct_small": "CT_small.dcm", "pydicom_liver": "liver_1frame.dcm"}
 

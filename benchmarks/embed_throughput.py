@@ -23,8 +23,8 @@ def measure(checkpoint: str | None, device: str, precision: str, batch: int, ima
     import numpy as np
     import torch
 
-    from deepssim.checkpoint import DEFAULT_MODEL, load_checkpoint
-    from deepssim.embed import Embedder
+    from deepssim.metric.checkpoint import DEFAULT_MODEL, load_checkpoint
+    from deepssim.metric.embed import Embedder
 
     model, meta = load_checkpoint(checkpoint or DEFAULT_MODEL)
     emb = Embedder(model, device=device, batch_size=batch, precision=precision)

@@ -11,7 +11,7 @@ absent), plus three real DICOM files pydicom bundles (``CT_small.dcm``, ``MR_sma
 Caveat: the HELD_OUT subjects never gave a gradient, but they are the validation set the
 trainer used to pick the best step; the three pydicom images were never seen at all.
 
-Figures (pairs from :func:`deepssim.train.make_eval_set` with a seed the trainer never
+Figures (pairs from :func:`deepssim.metric.train.make_eval_set` with a seed the trainer never
 used; the same balanced pair sampler as training, so the target histogram is flat):
 
 * MAE between the score and the aligned reference SSIM, on the unaugmented pairs and when
@@ -22,7 +22,7 @@ used; the same balanced pair sampler as training, so the target histogram is fla
 * error by pair kind (identical, edited, neighbouring slice, same subject, other subject)
   and SSIM band on unbalanced pairs: where the error lives;
 * different rate: share of other-subject pairs with aligned SSIM <= 0.60 that score
-  <= 0.60 (as :func:`deepssim.train.evaluate` measures them: unaugmented), and the same
+  <= 0.60 (as :func:`deepssim.metric.train.evaluate` measures them: unaugmented), and the same
   pairs nuisance-augmented.
 
 Baselines on the same pairs: raw SSIM of the (augmented) pair as it is, and Pearson
@@ -52,7 +52,7 @@ def held_out_pool(pool_path: Path):
     import train_default  # noqa: E402  (scripts/train_default.py: HELD_OUT, build_pool)
 
     from deepssim.api import load_image
-    from deepssim.trainingdata import ImageSet, as_pool
+    from deepssim.metric.trainingdata import ImageSet, as_pool
 
     if not pool_path.is_file():
         pool_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def pearson_rows(a, b) -> np.ndarray:
 
 
 def ssim_rows(a, b) -> np.ndarray:
-    from deepssim.ssim import ssim_torch
+    from deepssim.metric.ssim import ssim_torch
 
     return np.concatenate([ssim_torch(a[i:i + 256].double(), b[i:i + 256].double()).numpy()
                            for i in range(0, len(a), 256)])
@@ -113,10 +113,10 @@ def run(checkpoint: Path, pool_path: Path, n_pairs: int, seed: int, copy_repeats
         precision: str = "float32") -> dict:
     import torch
 
-    from deepssim.augment import nuisance_augment
-    from deepssim.checkpoint import load_checkpoint
-    from deepssim.embed import Embedder
-    from deepssim.train import copy_transform, evaluate, make_eval_set
+    from deepssim.metric.augment import nuisance_augment
+    from deepssim.metric.checkpoint import load_checkpoint
+    from deepssim.metric.embed import Embedder
+    from deepssim.metric.train import copy_transform, evaluate, make_eval_set
 
     t0 = time.perf_counter()
     pool, subjects = held_out_pool(pool_path)
@@ -192,7 +192,7 @@ def run(checkpoint: Path, pool_path: Path, n_pairs: int, seed: int, copy_repeats
 def error_by_kind(pool, model_scores, n: int, seed: int) -> list[dict]:
     """Unaugmented error by pair kind and SSIM band, on unbalanced pairs: where the error
     lives (``bias`` = mean of score − target, positive = over-scored)."""
-    from deepssim.pairs import PairMix, PairSampler
+    from deepssim.metric.pairs import PairMix, PairSampler
 
     a, b, target, kind = PairSampler(pool, PairMix(), seed=seed).draw_raw(n)
     score = model_scores(a, b)
@@ -254,7 +254,7 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    from deepssim.checkpoint import DEFAULT_MODEL
+    from deepssim.metric.checkpoint import DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_MODEL)

@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import detection_quality  # noqa: E402  (gather_source: the same benchmark as detection_quality.py)
-from deepssim.benchmark import _source_hit, build_benchmark, evaluate, load_benchmark  # noqa: E402
+from deepssim.evaluation.benchmark import _source_hit, build_benchmark, evaluate, load_benchmark  # noqa: E402
 from deepssim.config import Thresholds, VerificationConfig  # noqa: E402
-from deepssim.parallel import ordered_map  # noqa: E402
-from deepssim.pipeline import _verify_job  # noqa: E402
-from deepssim.search import topk_cosine  # noqa: E402
+from deepssim.audit.parallel import ordered_map  # noqa: E402
+from deepssim.audit.pipeline import _verify_job  # noqa: E402
+from deepssim.store.search import topk_cosine  # noqa: E402
 
 
 def main(argv=None) -> int:

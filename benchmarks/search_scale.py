@@ -36,8 +36,8 @@ def build_store(path: Path, n: int, seed: int = 0) -> str:
     """A real store with cohort ``bench`` of ``n`` images; returns the model id."""
     import pandas as pd
 
-    from deepssim.checkpoint import DEFAULT_MODEL, read_meta
-    from deepssim.store import Store
+    from deepssim.metric.checkpoint import DEFAULT_MODEL, read_meta
+    from deepssim.store.database import Store
 
     keys = unit(n, seed)
     hashes = [f"{i:064x}" for i in range(n)]
@@ -74,8 +74,8 @@ def speed(queries: int, sizes: list[int], k: int, repeats: int) -> None:
     import torch
 
     from deepssim.config import SearchConfig
-    from deepssim.search import topk_cosine
-    from deepssim.store import Store
+    from deepssim.store.search import topk_cosine
+    from deepssim.store.database import Store
 
     cfg = SearchConfig()
     q = unit(queries, 1)
@@ -101,8 +101,8 @@ def speed(queries: int, sizes: list[int], k: int, repeats: int) -> None:
 def _child(db: str, model_id: str, queries: int, k: int) -> None:
     """Runs in a fresh process: the audit's search against the store, then peak RSS."""
     from deepssim.config import SearchConfig
-    from deepssim.search import topk_cosine
-    from deepssim.store import Store
+    from deepssim.store.search import topk_cosine
+    from deepssim.store.database import Store
 
     cfg = SearchConfig()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

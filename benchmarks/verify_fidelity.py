@@ -6,20 +6,20 @@ the NEW one (the working tree), in one run, on the same candidates.
         --max-per-subject 15 [--pydicom-ct] [--old-ref c500aaf] [--limit N]
 
 Per seed, builds a benchmark from the ``<subject>/`` folders under SRC into ``OUT/bench_s<seed>``
-(:func:`deepssim.benchmark.build_benchmark`; reused as it is when its ``truth.csv`` exists;
+(:func:`deepssim.evaluation.benchmark.build_benchmark`; reused as it is when its ``truth.csv`` exists;
 ``--neighbours`` is passed as ``n_neighbours`` only where ``build_benchmark`` accepts it).
 Embeds training images and candidates with the shipped model, searches ``SearchConfig.k``
-neighbours (:func:`deepssim.search.topk_cosine`, as the audit does) and verifies every candidate
+neighbours (:func:`deepssim.store.search.topk_cosine`, as the audit does) and verifies every candidate
 whose best embedding score reaches ``VerificationConfig.floor`` against as many neighbours as
 ``VerificationConfig.neighbours_to_verify`` says (the working tree's settings choose the
 neighbours, so both verifiers see the same pairs), with each verifier; the best score over the
 neighbours it verified (one it leaves unscored, NaN, is not a match) is fused with the embedding
-score (:func:`deepssim.pipeline.fuse_scores`) — the audit's final score
-(:func:`deepssim.pipeline.verify_neighbours`).  Each planted candidate (every kind but
+score (:func:`deepssim.audit.pipeline.fuse_scores`) — the audit's final score
+(:func:`deepssim.audit.pipeline.verify_neighbours`).  Each planted candidate (every kind but
 ``different``) is also verified against its true source (``nearest_train``) alone, which
 separates alignment fidelity from retrieval.
 
-OLD is ``deepssim/verify.py`` at ``--old-ref`` (``git show``), imported as
+OLD is ``deepssim/verify.py`` (the flat layout) at ``--old-ref`` (``git show``), imported as
 ``deepssim._verify_old`` and run with the ``VerificationConfig`` defaults of ``deepssim/config.py``
 at the same revision (the working tree's defaults may be retuned for the new verifier: the
 differences are printed).  Both verifiers run in this process with ``torch.set_num_threads(1)``,
@@ -29,7 +29,7 @@ then old (so neither always runs second; load changes on a shared machine hit bo
 Reports per seed (and pooled over seeds) and per verifier: mean absolute error and mean bias
 (score - truth ``ssim``) per kind — ``similar`` also per edit (elastic / blend / patch) — of the
 audit-path score and of the true-source score; per-class precision / recall, macro F1
-(:func:`deepssim.benchmark.evaluate`, default thresholds); how many ``different`` candidates
+(:func:`deepssim.evaluation.benchmark.evaluate`, default thresholds); how many ``different`` candidates
 whose truth SSIM is below 0.5 were called duplicate / similar; seconds per verified candidate
 (median, mean) and per verified pair, and old / new ratios.  Prints markdown and writes
 ``OUT/verify_fidelity.{md,json,csv}`` (the CSV: one row per candidate).  ``--old-ref none``
@@ -59,12 +59,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import detection_quality  # noqa: E402  (gather_source: the same source folder as detection_quality.py)
-from deepssim import verify as new_verify  # noqa: E402
-from deepssim.benchmark import build_benchmark, evaluate, load_benchmark  # noqa: E402
+from deepssim.audit import verify as new_verify  # noqa: E402
+from deepssim.evaluation.benchmark import build_benchmark, evaluate, load_benchmark  # noqa: E402
 from deepssim.config import SearchConfig, Thresholds, VerificationConfig  # noqa: E402
-from deepssim.gate import label_scores  # noqa: E402
-from deepssim.pipeline import fuse_scores  # noqa: E402
-from deepssim.search import topk_cosine  # noqa: E402
+from deepssim.audit.gate import label_scores  # noqa: E402
+from deepssim.audit.pipeline import fuse_scores  # noqa: E402
+from deepssim.store.search import topk_cosine  # noqa: E402
 
 THREADS = 1
 LOW_DIFFERENT = 0.5  # "different" candidates with truth SSIM below this should never be called copies
@@ -78,6 +78,9 @@ def load_old_module(ref: str, stem: str, folder: Path):
     (so its relative imports resolve inside the package).  The source is kept in ``folder``."""
     text = subprocess.run(["git", "show", f"{ref}:deepssim/{stem}.py"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout
+    # deepssim.ssim moved to deepssim.metric.ssim (session 7): an old file's `from .ssim`
+    # finds it under its old name
+    sys.modules.setdefault("deepssim.ssim", importlib.import_module("deepssim.metric.ssim"))
     name = f"_{stem}_old"
     path = folder / f"{name}.py"
     path.write_text(text)

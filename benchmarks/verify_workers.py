@@ -2,10 +2,10 @@
 
     python benchmarks/verify_workers.py [--candidates 24] [--top-k 5] [--workers 0] [--rounds 2]
 
-Candidates: nuisance-augmented copies (``deepssim.augment.nuisance_augment``: flips, turns,
+Candidates: nuisance-augmented copies (``deepssim.metric.augment.nuisance_augment``: flips, turns,
 rotation, shift, zoom, gamma, bias field, blur, noise) of the bundled real training
 slices (``deepssim/sample_data/train``), each verified against ``--top-k`` real training
-slices, as the audit's verify stage does it (:func:`deepssim.pipeline.verify_neighbours`).
+slices, as the audit's verify stage does it (:func:`deepssim.audit.pipeline.verify_neighbours`).
 Rounds alternate in-process (``workers=1``) and pooled (``--workers``; 0 = one per core)
 so that machine load hits both alike; the pooled time includes starting the workers.
 Prints one JSON line per round, then the medians and their ratio.
@@ -38,10 +38,10 @@ def sample_training_slices() -> np.ndarray:
 def main() -> None:
     import torch
 
-    from deepssim.augment import nuisance_augment
+    from deepssim.metric.augment import nuisance_augment
     from deepssim.config import VerificationConfig
-    from deepssim.parallel import resolve_workers
-    from deepssim.pipeline import verify_neighbours
+    from deepssim.audit.parallel import resolve_workers
+    from deepssim.audit.pipeline import verify_neighbours
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", type=int, default=24)

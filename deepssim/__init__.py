@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_default_model": "api", "load_model": "api", "deepssim_score": "api", "DeepSSIM": "api",
-    "load_image": "api", "reference_ssim": "ssim", "ssim_targets": "ssim",
+    "load_image": "api", "reference_ssim": "metric.ssim", "ssim_targets": "metric.ssim",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

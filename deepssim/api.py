@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import DEFAULT_MODEL, CheckpointMeta, load_checkpoint
+from deepssim.metric.checkpoint import DEFAULT_MODEL, CheckpointMeta, load_checkpoint
 from .config import IngestConfig
 from .preprocess import to_model_input
 
@@ -58,7 +58,7 @@ class DeepSSIM:
     meta: CheckpointMeta
     device: str = "auto"
     batch_size: int = 256
-    precision: str = "auto"  # of the arithmetic: auto | float32 | bfloat16 (deepssim.embed)
+    precision: str = "auto"  # of the arithmetic: auto | float32 | bfloat16 (deepssim.metric.embed)
     _embedder: object = field(default=None, repr=False)
 
     @property
@@ -72,7 +72,7 @@ class DeepSSIM:
     @property
     def embedder(self):
         if self._embedder is None:
-            from .embed import Embedder
+            from deepssim.metric.embed import Embedder
 
             self._embedder = Embedder(self.encoder, device=self.device, batch_size=self.batch_size,
                                       precision=self.precision)
@@ -93,7 +93,7 @@ class DeepSSIM:
 
 
 def load_model(path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto", precision: str = "auto") -> DeepSSIM:
-    """Load and integrity-check a checkpoint (see :mod:`deepssim.checkpoint`)."""
+    """Load and integrity-check a checkpoint (see :mod:`deepssim.metric.checkpoint`)."""
     encoder, meta = load_checkpoint(path)
     return DeepSSIM(encoder, meta, device=device, precision=precision)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")  # of embedding arithmetic (deepssim/embed.py)
+PRECISIONS = ("auto", "float32", "bfloat16")  # of embedding arithmetic (deepssim/metric/embed.py)
 
 
 def check_precision(precision: str) -> str:
@@ -29,7 +29,7 @@ class EncoderConfig:
     ``input_size`` is the side of the square, single-channel image the network sees;
     ``embedding_dim`` the length of the L2-normalised embedding.  ``canonical_flips``:
     flip each image into a canonical orientation before the network
-    (:func:`deepssim.model.canonical_flips`), which makes the embedding exactly invariant
+    (:func:`deepssim.metric.model.canonical_flips`), which makes the embedding exactly invariant
     to horizontal and vertical flips.  Off for checkpoints that predate it.
     """
 
@@ -98,7 +98,7 @@ class VerificationConfig:
     over-scores other slices of one series, so a copy's source can rank well below slices
     that look alike (BENCHMARKS.md, "Verification").  All of them are searched in one batch
     at coarse resolution, and only the few that align best are refined and scored, so 30
-    cost little more than 15 (:func:`deepssim.verify.verify_candidate`; in a 10,000-slice
+    cost little more than 15 (:func:`deepssim.audit.verify.verify_candidate`; in a 10,000-slice
     cohort of look-alike reslicings 30 instead of 15 found 92 instead of 86 of 100 copies
     for 24 % more time, BENCHMARKS.md).
     ``compare_size``: side (px) at which the alignment is searched; ``refine_steps`` /
@@ -112,11 +112,11 @@ class VerificationConfig:
     score); ``blur_sigmas``: blur levels (px) tried on the training image, the copy may be
     smoother than its source; ``fusion``: how the verification score and the
     embedding score make the final score ("max" | "verification", see
-    ``deepssim.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
+    ``deepssim.audit.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
     by side (0: one per CPU core, at most 8; 1: in the calling process), see
-    :mod:`deepssim.parallel`; ``device``: where the verification computes ("cpu", "cuda" or
+    :mod:`deepssim.audit.parallel`; ``device``: where the verification computes ("cpu", "cuda" or
     "auto": CUDA where present) — on a GPU, candidates are verified in the calling process
-    (one after another, each batched on the device).  See :mod:`deepssim.verify` for the
+    (one after another, each batched on the device).  See :mod:`deepssim.audit.verify` for the
     score.
     """
 
@@ -195,7 +195,7 @@ class AuditSettings:
     batch_size: int = 256
     device: str = "auto"
     # "auto": bfloat16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs),
-    # else float32; scores move by <= 0.005 (deepssim/embed.py)
+    # else float32; scores move by <= 0.005 (deepssim/metric/embed.py)
     precision: str = "auto"
     evidence_pairs: int = 12
     store_wait_s: float = 60.0

@@ -5,7 +5,7 @@ and re-embed every registered cohort under the new champion.
 Triggered by the ``deepssim.cohort.registered`` event through the
 ``retrain-on-new-cohort`` deployment (``deployments/prefect.yaml``), or run by hand with
 ``deepssim train --cohort NAME``.  The promotion rule is
-:class:`deepssim.evaluation.PromotionRule`; the decision and its reason are stored in
+:class:`deepssim.evaluation.retraining.PromotionRule`; the decision and its reason are stored in
 the model registry with both models' metrics.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from deepssim.evaluation import PromotionRule, RetrainConfig, decide
-from deepssim.registry import models_dir
+from deepssim.evaluation.retraining import PromotionRule, RetrainConfig, decide
+from deepssim.store.registry import models_dir
 from tasks.dashboard import publish_dashboard_task
 from tasks.store import resolve_model_task
 from tasks.train import (evaluate_models_task, prepare_retrain_data_task, promote_task,
@@ -29,7 +29,7 @@ def retrain(cohort: str, db: str | None = None, settings: dict | None = None, pr
             min_improvement: float = PromotionRule.min_improvement, wait_s: float = 120.0) -> dict:
     """Retrain DeepSSIM on ``cohort``; see the module docstring.
 
-    ``settings``: :class:`deepssim.evaluation.RetrainConfig` fields (``init``, ``steps``,
+    ``settings``: :class:`deepssim.evaluation.retraining.RetrainConfig` fields (``init``, ``steps``,
     ``time_budget_s``, ``device``, ``benchmark_per_kind`` ...).  ``promote=False`` records
     the decision but leaves a winning challenger as a challenger.  Returns ids, the
     decision and the metrics (numbers only)."""

@@ -6,7 +6,7 @@ followed by one linear layer throws away where things are — or of how its feat
 generalise to subjects it never saw?  The probe freezes the shipped encoder up to layer 3,
 caches its feature maps for nuisance-augmented training pairs (the trainer's own sampler,
 pair mix and augmentation, training-side subjects only), fits a new head on the cache and
-validates it exactly as the trainer does (:func:`deepssim.train.evaluate`, the validation
+validates it exactly as the trainer does (:func:`deepssim.metric.train.evaluate`, the validation
 set of ``train_default.py``, seed 1234).  Heads (each starts as the shipped function):
 
 * ``pool``        the shipped head (global average pool -> linear), refitted;
@@ -37,12 +37,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import train_default  # noqa: E402  (split_by_subject, the trainer's data)
-from deepssim.augment import nuisance_augment  # noqa: E402
-from deepssim.checkpoint import load_checkpoint  # noqa: E402
-from deepssim.model import DeepSSIMEncoder, canonical_flips, cosine_scores  # noqa: E402
-from deepssim.pairs import PairMix, PairSampler  # noqa: E402
-from deepssim.train import TrainConfig, evaluate, make_eval_set  # noqa: E402
-from deepssim.trainingdata import ImageSet, package_image_tiles, phantoms  # noqa: E402
+from deepssim.metric.augment import nuisance_augment  # noqa: E402
+from deepssim.metric.checkpoint import load_checkpoint  # noqa: E402
+from deepssim.metric.model import DeepSSIMEncoder, canonical_flips, cosine_scores  # noqa: E402
+from deepssim.metric.pairs import PairMix, PairSampler  # noqa: E402
+from deepssim.metric.train import TrainConfig, evaluate, make_eval_set  # noqa: E402
+from deepssim.metric.trainingdata import ImageSet, package_image_tiles, phantoms  # noqa: E402
 
 HEADS = ("pool", "grid", "pool+layer4")
 

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deepssim.config import EncoderConfig  # noqa: E402
-from deepssim.pairs import PairMix  # noqa: E402
-from deepssim.trainingdata import (ImageSet, as_pool, package_image_tiles, phantoms,  # noqa: E402
+from deepssim.metric.pairs import PairMix  # noqa: E402
+from deepssim.metric.trainingdata import (ImageSet, as_pool, package_image_tiles, phantoms,  # noqa: E402
                                    read_slice_folder, read_volume_all_axes)
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -68,8 +68,8 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
                 mix: dict[str, float] | None = None, canonical_flips: bool = False) -> None:
     import torch
 
-    from deepssim.checkpoint import save_checkpoint
-    from deepssim.train import TrainConfig, train
+    from deepssim.metric.checkpoint import save_checkpoint
+    from deepssim.metric.train import TrainConfig, train
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(out_dir / "train_log.txt", "a")
@@ -103,8 +103,8 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
 
     init_state, encoder = None, EncoderConfig(canonical_flips=canonical_flips)
     if init:
-        from deepssim.checkpoint import load_checkpoint
-        from deepssim.model import with_canonical_flips
+        from deepssim.metric.checkpoint import load_checkpoint
+        from deepssim.metric.model import with_canonical_flips
 
         init_model, init_meta = load_checkpoint(init)
         if canonical_flips and not init_model.config.canonical_flips:
@@ -127,9 +127,9 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
 def add_canonical_flips(pool_path: Path, checkpoint: Path, out_dir: Path) -> None:
     """``checkpoint``'s weights with canonical flips on, validated on the held-out subjects
     exactly as ``train`` validates (``make_eval_set`` seed 1234, 1,024 pairs)."""
-    from deepssim.checkpoint import load_checkpoint, save_checkpoint
-    from deepssim.model import with_canonical_flips
-    from deepssim.train import TrainConfig, evaluate, make_eval_set
+    from deepssim.metric.checkpoint import load_checkpoint, save_checkpoint
+    from deepssim.metric.model import with_canonical_flips
+    from deepssim.metric.train import TrainConfig, evaluate, make_eval_set
 
     source, meta = load_checkpoint(checkpoint)
     model = with_canonical_flips(source)
@@ -171,7 +171,7 @@ def main() -> None:
     t.add_argument("--init", type=Path, help="fine-tune from this checkpoint")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--mix", nargs="+", default=[], metavar="KIND=WEIGHT", type=mix_item,
-                   help="pair-kind weights overriding deepssim.pairs.PairMix, e.g. neighbour=0.35")
+                   help="pair-kind weights overriding deepssim.metric.pairs.PairMix, e.g. neighbour=0.35")
     t.add_argument("--canonical-flips", action="store_true",
                    help="flip images to a canonical orientation before the network (as the shipped model)")
     args = ap.parse_args()

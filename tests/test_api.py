@@ -71,7 +71,7 @@ def test_functional_form_and_bad_input(model, tmp_path):
 def test_precision_resolution(monkeypatch):
     import torch
 
-    from deepssim import embed
+    from deepssim.metric import embed
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert embed.resolve_precision("float32", cuda) == torch.float32

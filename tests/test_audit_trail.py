@@ -97,7 +97,7 @@ def test_run_folders_point_latest_and_prune_only_what_the_store_keeps(store, tmp
     assert json.loads((root / "latest" / "summary.json").read_text())["verdict"] == "pass"
     audit_id = first.name.split("-", 1)[1]
     assert any(f"removed run folder {first.name}" in line for line in capture.lines)
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     with Store(store["db"], read_only=True) as s:  # ... and is still in the store
         assert s.audit_files(audit_id)["report.html"] == first_report
@@ -151,7 +151,7 @@ def _run_texts(flow_run_id) -> list[str]:
 
 
 def test_patient_like_folder_names_stay_out_of_artifacts_logs_and_run_states(store, tmp_path):
-    from deepssim.outputs import image_ref
+    from deepssim.audit.outputs import image_ref
     from test_security import _LogCapture
 
     with _LogCapture() as capture:

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepssim.augment import (RandomAffine, RandomBiasField, RandomBlur, RandomDihedral, RandomGamma,
+from deepssim.metric.augment import (RandomAffine, RandomBiasField, RandomBlur, RandomDihedral, RandomGamma,
                               RandomNoise, blend_edit, elastic_edit, nuisance_augment, patch_edit)
-from deepssim.ssim import reference_ssim, ssim_torch
-from deepssim.train import copy_transform
+from deepssim.metric.ssim import reference_ssim, ssim_torch
+from deepssim.metric.train import copy_transform
 
 from realdata import load_slice as load
 
@@ -107,7 +107,7 @@ def test_blend_edit_is_exact(batch):
 
 def test_canonical_flips_map_every_mirror_image_to_one_image():
     from deepssim.config import EncoderConfig
-    from deepssim.model import DeepSSIMEncoder, canonical_flips, third_moment
+    from deepssim.metric.model import DeepSSIMEncoder, canonical_flips, third_moment
 
     image = torch.tensor(load("colin27", 90), dtype=torch.float32)[None, None]
     mirrors = torch.cat([image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)])

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepssim.benchmark import METHODS, _quantise, build_benchmark, discover, load_benchmark, run_benchmark
+from deepssim.evaluation.benchmark import METHODS, _quantise, build_benchmark, discover, load_benchmark, run_benchmark
 from deepssim.config import Thresholds
-from deepssim.ssim import reference_ssim
+from deepssim.metric.ssim import reference_ssim
 
 from realdata import SHARED_DATA, require_shared_data
 
@@ -176,7 +176,7 @@ def test_cli_benchmark_build_takes_neighbours(tmp_path):
 def test_neighbour_selection_prefers_slices_next_to_registered_ones():
     """Model- and data-free: left-out member slices within 2 of a registered slice come
     first, the rest fill up, non-members never appear, and the count is capped."""
-    from deepssim.benchmark import SourceImages, _neighbour_rows
+    from deepssim.evaluation.benchmark import SourceImages, _neighbour_rows
 
     subjects = np.array(["a"] * 10 + ["b"] * 4)
     data = SourceImages(np.zeros((14, 2, 2), np.float32), subjects, [f"s{i}" for i in range(14)])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from deepssim.calibrate import calibrate_from_benchmark, calibrate_from_cohort
+from deepssim.evaluation.calibrate import calibrate_from_benchmark, calibrate_from_cohort
 
 
 def synthetic(seed=0, n=300):
@@ -45,9 +45,9 @@ def test_cohort_thresholds_sit_above_non_member_scores():
 def test_calibration_is_recorded_and_used_by_an_audit(tmp_path):
     """calibrate -> Store.record_calibration -> `audit --calibrated` settings carry the
     thresholds and their source (what summary.json['thresholds'] records)."""
-    from deepssim.calibrate import latest_thresholds
+    from deepssim.evaluation.calibrate import latest_thresholds
     from deepssim.config import AuditSettings
-    from deepssim.store import Store
+    from deepssim.store.database import Store
     from flows.cli import _calibrated_thresholds, _settings
     from flows.common import summary_skeleton
 

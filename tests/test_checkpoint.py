@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepssim.checkpoint import (DEFAULT_MODEL, FORMAT_VERSION, CheckpointError, file_sha256, load_checkpoint,
+from deepssim.metric.checkpoint import (DEFAULT_MODEL, FORMAT_VERSION, CheckpointError, file_sha256, load_checkpoint,
                                  read_meta, save_checkpoint, sidecar_path)
 from deepssim.config import EncoderConfig
-from deepssim.model import DeepSSIMEncoder, with_canonical_flips
+from deepssim.metric.model import DeepSSIMEncoder, with_canonical_flips
 from realdata import load_slice as load
 
 SMALL = EncoderConfig(input_size=64, embedding_dim=32, widths=(8, 16, 16, 32))

@@ -92,7 +92,7 @@ def test_negative_verify_workers_is_a_usage_error(tmp_path):
 def test_audit_against_an_unknown_cohort_or_store_is_a_usage_error_up_front(tmp_path):
     """A typo in --cohort, a missing store or checkpoint: exit 2 with one line, before any
     image is read (no output folder, no flow run, no traceback)."""
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     db = tmp_path / "g.duckdb"
     with Store(db) as store:  # an empty, valid store: no cohorts registered

@@ -13,7 +13,7 @@ def test_sharded_ingest_equals_unsharded(tmp_path):
     """Shards of 5 files, merged, give the same manifest rows and pixels as one ingest."""
     from deepssim.config import IngestConfig
     from deepssim.io import ingest
-    from deepssim.shards import merge_ingested, plan_shards
+    from deepssim.audit.shards import merge_ingested, plan_shards
 
     config, src = IngestConfig(), SAMPLE_DATA / "train"
     whole = ingest([src], config, 64, tmp_path / "whole")
@@ -34,7 +34,7 @@ def test_sharded_ingest_equals_unsharded(tmp_path):
 
 
 def _write(manifest, folder):
-    from deepssim.pipeline import write_manifest
+    from deepssim.audit.pipeline import write_manifest
 
     return write_manifest(manifest, folder, "ingested.parquet")
 

@@ -48,7 +48,7 @@ def _artifacts(flow_run_id) -> dict:
 
 
 def test_registration_stores_every_training_slice(runs, train_dir):
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     n_files = len(list(train_dir.rglob("*.png")))
     assert runs["registered"]["embedded"] == n_files
@@ -72,7 +72,7 @@ def test_audit_flags_copies_and_fails_the_run(runs):
     with pytest.raises(GateFailed) as failed:
         state.result()
     assert failed.value.outcome == outcome and str(failed.value) == state.message
-    from deepssim.outputs import image_ref
+    from deepssim.audit.outputs import image_ref
 
     for copy_id in copies:  # named by opaque refs: a run's state is shown wherever the UI is
         assert image_ref(copy_id) in state.message and copy_id not in state.message, state.message
@@ -99,7 +99,7 @@ def test_audit_flags_copies_and_fails_the_run(runs):
     assert summary["thresholds"]["duplicate"] == 0.85 and summary["thresholds"]["similar"] == 0.60
     assert summary["model"]["model_id"] == runs["registered"]["model_id"]
     # the arithmetic the embeddings were made with is on record, as resolved on this machine
-    from deepssim.embed import inference_settings
+    from deepssim.metric.embed import inference_settings
 
     assert summary["model"]["inference"] == inference_settings(summary["settings"]["device"],
                                                                summary["settings"]["precision"])
@@ -127,7 +127,7 @@ def test_audit_artifacts_carry_ids_not_pixels(runs):
     table = artifacts["deepssim-top-matches"]
     assert table.type == "table" and "base64" not in str(table.data)
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    from deepssim.outputs import image_ref
+    from deepssim.audit.outputs import image_ref
 
     by_ref = {r["candidate"]: r for r in rows}
     for copy_id, source_id in runs["copies"].items():
@@ -157,7 +157,7 @@ def test_audit_of_other_subjects_passes(runs, others_dir):
 
 
 def test_audits_are_recorded_in_the_store(runs):
-    from deepssim.store import Store
+    from deepssim.store.database import Store
     from flows.audit import audit_outcome
 
     with Store(runs["db"], read_only=True) as store:
@@ -187,9 +187,9 @@ def test_reregistration_embeds_only_new_images(runs, train_dir, extra_train_imag
     assert added["cohort_images"] == runs["registered"]["cohort_images"] + 1
 
     # another model (e.g. the shipped one after an upgrade): unchanged images get embedded too
-    from deepssim.checkpoint import save_checkpoint
-    from deepssim.model import DeepSSIMEncoder
-    from deepssim.store import Store
+    from deepssim.metric.checkpoint import save_checkpoint
+    from deepssim.metric.model import DeepSSIMEncoder
+    from deepssim.store.database import Store
 
     other = save_checkpoint(DeepSSIMEncoder(), tmp_path / "other.pt")
     upgraded = register_cohort(name=COHORT, paths=[str(grown)], db=runs["db"], model_path=str(tmp_path / "other.pt"))

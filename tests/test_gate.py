@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from deepssim.config import GatePolicy, Thresholds
-from deepssim.gate import decide, label_counts, label_scores, volume_table
+from deepssim.audit.gate import decide, label_counts, label_scores, volume_table
 
 
 def _verdicts(labels: list[str], volume_ids: list | None = None, scores: list | None = None) -> pd.DataFrame:

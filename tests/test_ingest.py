@@ -21,7 +21,7 @@ from deepssim.io import MANIFEST_COLUMNS, ingest
 from deepssim.io.ingest import model_input
 from deepssim.io.slicing import FOREGROUND_LEVEL, raw_sha256
 from deepssim.preprocess import window_to_unit
-from deepssim.validate import write_quarantine_csv
+from deepssim.audit.validate import write_quarantine_csv
 
 from realdata import SHARED_DATA as DATA
 

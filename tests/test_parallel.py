@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from deepssim import parallel
+from deepssim.audit import parallel
 from deepssim.config import VerificationConfig
-from deepssim.pipeline import verify_neighbours
+from deepssim.audit.pipeline import verify_neighbours
 
 from realdata import load_slice as load
 from test_verify import disguised_copy
@@ -89,7 +89,7 @@ def test_pool_works_from_a_script_without_a_file(tmp_path):
 
     marker = tmp_path / "runs.txt"
     script = f"""
-from deepssim.parallel import ordered_map
+from deepssim.audit.parallel import ordered_map
 with open({str(marker)!r}, "a") as f:
     f.write("ran\\n")
 print(sum(ordered_map(abs, iter(range(-10, 0)), 10, workers=2)))

@@ -177,10 +177,10 @@ def registration_inputs(registered, train_dir, others_dir, tmp_path_factory) -> 
     """Inputs for a second registration of cohort ``train`` that adds 4 images: the
     ingested manifest and pixels, and the embedding of every row (so the subprocess needs
     no torch)."""
-    from deepssim.checkpoint import DEFAULT_MODEL
+    from deepssim.metric.checkpoint import DEFAULT_MODEL
     from deepssim.config import IngestConfig
     from deepssim.io import ingest
-    from deepssim.pipeline import embed_pixels, write_manifest
+    from deepssim.audit.pipeline import embed_pixels, write_manifest
 
     work = tmp_path_factory.mktemp("registration-v2")
     folder = work / "cohort"
@@ -231,7 +231,7 @@ def _kill9(proc: subprocess.Popen) -> None:
 def _check_cohort(db: str, allowed: set[int]) -> int:
     """The cohort is complete: its size is one of ``allowed``, every image has an
     embedding under the model and a readable pixel row.  Returns its size."""
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     with Store(db, wait_s=10) as store:
         images = store.cohort_images(COHORT)
@@ -284,7 +284,7 @@ def test_kill9_at_random_moments_leaves_old_or_new_cohort(registered, registrati
 def test_kill9_while_recording_an_audit_records_nothing(registered, registration_inputs, tmp_path,
                                                        prefect_harness):
     """The audit row and its results are one transaction: killed inside it, neither exists."""
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     db = _copy_store(registered, tmp_path / "store")
     proc = _helper(db, registered, registration_inputs, tmp_path / "w", "in_audit_record",
@@ -306,7 +306,7 @@ def _cli_audit(candidates: Path, db: str, out: Path, env: dict, wait: float) -> 
 def test_two_audits_at_once_both_complete(registered, candidates_dir, tmp_path, prefect_harness):
     """Two ``deepssim audit`` processes against one store: the stages hold the database
     for milliseconds, so both finish with the real verdict and both are recorded."""
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     db = _copy_store(registered, tmp_path / "store")
     env = subprocess_env(prefect_harness)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deepssim.evaluation import PromotionRule, RetrainConfig, decide, split_holdout, subject_of
+from deepssim.evaluation.retraining import PromotionRule, RetrainConfig, decide, split_holdout, subject_of
 
 SAMPLE = Path(__file__).resolve().parents[1] / "deepssim" / "sample_data"
 # tiny but real: a few SGD steps on the sample cohort + two phantom volumes
@@ -71,7 +71,7 @@ def db(registered, tmp_path) -> Path:
 
 
 def _models(db: Path) -> dict:
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     with Store(db) as store:
         frame = store.models()
@@ -81,7 +81,7 @@ def _models(db: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_worse_challenger_is_not_promoted(db):
-    from deepssim.checkpoint import DEFAULT_MODEL, read_meta
+    from deepssim.metric.checkpoint import DEFAULT_MODEL, read_meta
     from flows.retrain import retrain
 
     start = time.perf_counter()
@@ -108,11 +108,11 @@ def test_worse_challenger_is_not_promoted(db):
 
 def _install_bad_champion(db: Path) -> str:
     """Promote a random-weight model (cohort re-embedded under it) as the champion."""
-    from deepssim.checkpoint import save_checkpoint
-    from deepssim.embed import Embedder
-    from deepssim.model import DeepSSIMEncoder
-    from deepssim.registry import models_dir, promote, record_model, reembed_cohorts
-    from deepssim.store import Store
+    from deepssim.metric.checkpoint import save_checkpoint
+    from deepssim.metric.embed import Embedder
+    from deepssim.metric.model import DeepSSIMEncoder
+    from deepssim.store.registry import models_dir, promote, record_model, reembed_cohorts
+    from deepssim.store.database import Store
 
     import torch
 
@@ -130,10 +130,10 @@ def _install_bad_champion(db: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.prefect
 def test_better_challenger_is_promoted_and_audits_follow_it(db, tmp_path):
-    from deepssim.checkpoint import DEFAULT_MODEL, read_meta, save_checkpoint
-    from deepssim.model import DeepSSIMEncoder
-    from deepssim.registry import champion, promote
-    from deepssim.store import Store, StoreError
+    from deepssim.metric.checkpoint import DEFAULT_MODEL, read_meta, save_checkpoint
+    from deepssim.metric.model import DeepSSIMEncoder
+    from deepssim.store.registry import champion, promote
+    from deepssim.store.database import Store, StoreError
     from flows.audit import audit, audit_outcome
     from flows.retrain import retrain
 

@@ -15,8 +15,8 @@ from conftest import SAMPLE_DATA
 def _store_with(path, embeddings: np.ndarray, input_keys: list[str]):
     """A real store whose cohort ``c`` holds one image per key (image ids in key order of
     ``img-00000``...); images sharing a key share one stored embedding."""
-    from deepssim.checkpoint import DEFAULT_MODEL, read_meta
-    from deepssim.store import Store
+    from deepssim.metric.checkpoint import DEFAULT_MODEL, read_meta
+    from deepssim.store.database import Store
 
     store = Store(str(path))
     model_id = store.ensure_model(read_meta(DEFAULT_MODEL), DEFAULT_MODEL)
@@ -40,7 +40,7 @@ def _brute_force(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
 def test_store_streamed_search_equals_brute_force_with_ties(tmp_path):
     """Exact-arithmetic vectors (multiples of 1/16) so ties are exact; duplicated inputs
     make images share one embedding; k (40) exceeds the streamed block (16)."""
-    from deepssim.search import topk_cosine
+    from deepssim.store.search import topk_cosine
 
     rng = np.random.default_rng(0)
     dim, n_unique, n_images, k = 256, 150, 400, 40
@@ -61,7 +61,7 @@ def test_store_streamed_search_equals_brute_force_with_ties(tmp_path):
 
 def test_store_streamed_search_random_unit_vectors(tmp_path):
     """Float data through Arrow batches: same neighbours and scores as one dense GEMM."""
-    from deepssim.search import topk_cosine
+    from deepssim.store.search import topk_cosine
 
     rng = np.random.default_rng(1)
     keys = rng.standard_normal((1000, 256)).astype(np.float32)
@@ -80,7 +80,7 @@ def test_store_streamed_search_random_unit_vectors(tmp_path):
 
 # ----------------------------------------------------------------------------- registration
 def _counts(db: str) -> tuple[int, int]:
-    from deepssim.store import Store
+    from deepssim.store.database import Store
 
     with Store(db, read_only=True, wait_s=10) as store:
         images = store.con.execute("SELECT count(*) FROM images").fetchone()[0]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from deepssim.ssim import reference_ssim, ssim_targets, ssim_torch, zscore
+from deepssim.metric.ssim import reference_ssim, ssim_targets, ssim_torch, zscore
 
 from realdata import load_slice as load
 

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepssim.checkpoint import CheckpointMeta
+from deepssim.metric.checkpoint import CheckpointMeta
 from deepssim.config import EncoderConfig
-from deepssim.store import SCHEMA_VERSION, Store, StoreError
+from deepssim.store.database import SCHEMA_VERSION, Store, StoreError
 
 DIM = 8
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from deepssim.augment import nuisance_augment
+from deepssim.metric.augment import nuisance_augment
 from deepssim.config import EncoderConfig
-from deepssim.model import DeepSSIMEncoder, cosine_scores
-from deepssim.pairs import ImagePool, PairMix, PairSampler
+from deepssim.metric.model import DeepSSIMEncoder, cosine_scores
+from deepssim.metric.pairs import ImagePool, PairMix, PairSampler
 
 from realdata import SHARED_DATA as DATA, require_shared_data
 
@@ -16,7 +16,7 @@ VAL_SUBJECTS = {"icbm152_2009_template", "heudiconv_crlab", "nibabel_anatomical"
 
 @pytest.fixture(scope="module")
 def pool() -> ImagePool:
-    from deepssim.trainingdata import as_pool, read_slice_folder
+    from deepssim.metric.trainingdata import as_pool, read_slice_folder
 
     require_shared_data()  # skips only a clone without ../shared/data; a missing manifest fails
     return as_pool(read_slice_folder(DATA))
@@ -48,7 +48,7 @@ def test_sampler_targets_span_range_with_flat_histogram(pool):
     assert torch.isfinite(target).all()
     assert float(target.min()) < 0.1 and float(target.max()) > 0.99
     # labels are the aligned SSIM of the returned pair
-    from deepssim.ssim import reference_ssim
+    from deepssim.metric.ssim import reference_ssim
 
     for i in range(0, 300, 60):
         assert float(target[i]) == pytest.approx(reference_ssim(a[i, 0].numpy(), b[i, 0].numpy()), abs=1e-4)
@@ -96,7 +96,7 @@ def fixed_batch_loss(model: DeepSSIMEncoder, a, b, target, seed: int = 11) -> fl
 
 
 def test_few_training_steps_reduce_loss(pool):
-    from deepssim.train import TrainConfig, train
+    from deepssim.metric.train import TrainConfig, train
 
     train_pool = pool.select_subjects(TRAIN_SUBJECTS)
     val_pool = pool.select_subjects(VAL_SUBJECTS)
@@ -112,7 +112,7 @@ def test_few_training_steps_reduce_loss(pool):
     after = fixed_batch_loss(result.model, a, b, target)
     assert result.steps == 30 and result.best_step == 30
     assert len(result.history) == 1 and any("step 30/30" in line for line in logs)
-    from deepssim.embed import resolve_precision
+    from deepssim.metric.embed import resolve_precision
 
     native = resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
     assert logs[0] == f"training arithmetic on cpu: {'bfloat16 autocast' if native else 'float32'}"
@@ -131,7 +131,7 @@ def test_few_training_steps_reduce_loss(pool):
 def test_the_time_budget_stops_training_before_the_schedule_is_fitted_and_progress_is_logged(pool):
     """A budget spent before step 80 (a busy machine) still stops training, and progress
     lines come at least every ``heartbeat_s`` between evaluations."""
-    from deepssim.train import TrainConfig, train
+    from deepssim.metric.train import TrainConfig, train
 
     config = TrainConfig(steps=10_000, batch_size=8, warmup_steps=5, eval_every=5_000, eval_pairs=16,
                          device="cpu", seed=0, time_budget_s=1.0, heartbeat_s=0.0)

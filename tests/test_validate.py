@@ -8,7 +8,7 @@ import pytest
 
 from deepssim.config import IngestConfig
 from deepssim.io import ingest
-from deepssim.validate import ValidationConfig, validate_manifest, write_quarantine_csv
+from deepssim.audit.validate import ValidationConfig, validate_manifest, write_quarantine_csv
 
 from realdata import SHARED_DATA, SLICES
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from deepssim.config import VerificationConfig
-from deepssim.ssim import reference_ssim
-from deepssim.verify import Alignment, masked_ssim, verify_candidate, verify_candidates, verify_pair
+from deepssim.metric.ssim import reference_ssim
+from deepssim.audit.verify import Alignment, masked_ssim, verify_candidate, verify_candidates, verify_pair
 
 from realdata import load_slice as load
 
@@ -81,7 +81,7 @@ def test_refinement_recovers_off_grid_rotation_zoom_shift():
 
 
 def test_fusion_modes():
-    from deepssim.pipeline import fuse_scores
+    from deepssim.audit.pipeline import fuse_scores
 
     emb, ver = np.array([0.9, 0.3]), np.array([0.5, 0.8])
     assert fuse_scores(emb, ver, "max").tolist() == [0.9, 0.8]
@@ -93,7 +93,7 @@ def test_fusion_modes():
 def test_equalise_keeps_a_flat_background_flat():
     """Ties share one rank: a zero background must not become a ramp in scan order
     (which no flip of the other image could match)."""
-    from deepssim.verify import _equalise
+    from deepssim.audit.verify import _equalise
 
     img = np.zeros((32, 32), np.float32)
     img[8:24, 8:24] = np.linspace(0.2, 1.0, 256, dtype=np.float32).reshape(16, 16)
@@ -104,7 +104,7 @@ def test_equalise_keeps_a_flat_background_flat():
 
 
 def test_noise_sd_estimates_added_noise():
-    from deepssim.verify import noise_sd
+    from deepssim.audit.verify import noise_sd
 
     ref = load("colin27", 90)
     rng = np.random.default_rng(0)
@@ -115,7 +115,7 @@ def test_noise_sd_estimates_added_noise():
 
 
 def test_photometric_fit_recovers_gamma_and_shading():
-    from deepssim.verify import photometric_fit
+    from deepssim.audit.verify import photometric_fit
 
     ref = torch.tensor(load("colin27", 90))[None, None]
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 128), torch.linspace(-1, 1, 128), indexing="ij")
@@ -142,7 +142,7 @@ def test_structural_edit_scores_below_a_nuisance_copy_of_the_same_image():
     """What separates similar from duplicate: the same training image under the same
     nuisances scores > 0.85 as a copy and <= 0.85 once blended with another subject's
     slice to an aligned SSIM of ~0.7."""
-    from deepssim.benchmark import _nuisance, similar_edit
+    from deepssim.evaluation.benchmark import _nuisance, similar_edit
 
     ref = load("colin27", 90)
     other = load("nibabel_example4d", 12)
@@ -184,7 +184,7 @@ def test_copy_whose_source_ranks_below_top_k_is_found_when_neighbours_crowd():
     (dev benchmark: a noisy EPI copy's source ranked 7th of 15 near-identical slices).
     Verification goes down a ranking whose scores crowd within ``margin`` of the best, and
     stops at ``top_k`` where they do not."""
-    from deepssim.pipeline import verify_neighbours
+    from deepssim.audit.pipeline import verify_neighbours
 
     source = load("colin27", 90)
     others = [load(s, z) for s, z in (("colin27", 40), ("nibabel_example4d", 12), ("icbm152_2009_template", 40),
@@ -206,7 +206,7 @@ def _nuisance_of(transform, image: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _geometric_and_gamma():
-    from deepssim.augment import Compose, RandomAffine, RandomDihedral, RandomGamma
+    from deepssim.metric.augment import Compose, RandomAffine, RandomDihedral, RandomGamma
 
     return Compose([RandomDihedral(1.0, 1.0), RandomAffine(12.0, 0.06, (0.92, 1.08)), RandomGamma((0.6, 1.5))])
 
@@ -216,7 +216,7 @@ def test_batched_and_per_pair_verification_give_the_same_scores():
     best exactly as verifying each pair alone does (the others skip only the last
     refinement, which never lowers a score); one it sets aside scores no better alone than
     the best."""
-    from deepssim.verify import PHOTOMETRIC_MARGIN
+    from deepssim.audit.verify import PHOTOMETRIC_MARGIN
 
     source = load("colin27", 90)
     refs = np.stack([load("colin27", 84), source, load("colin27", 88), load("nibabel_example4d", 12),
@@ -238,7 +238,7 @@ def test_batched_and_per_pair_verification_give_the_same_scores():
 
 
 def test_copy_carrying_every_nuisance_at_once_is_found():
-    from deepssim.augment import Compose, RandomAffine, RandomBiasField, RandomBlur, RandomDihedral, RandomGamma, RandomNoise
+    from deepssim.metric.augment import Compose, RandomAffine, RandomBiasField, RandomBlur, RandomDihedral, RandomGamma, RandomNoise
 
     every = Compose([RandomDihedral(1.0, 1.0), RandomAffine(12.0, 0.06, (0.92, 1.08)), RandomGamma((0.6, 1.5)),
                      RandomBiasField(0.3, 1.0), RandomBlur((0.8,), 1.0), RandomNoise((0.02, 0.02), 1.0)])
@@ -252,7 +252,7 @@ def test_copy_carrying_every_nuisance_at_once_is_found():
 def test_patch_edit_scores_within_005_of_its_aligned_ssim():
     """Replaced patches must not pull the photometric fit or the alignment: the score stays
     with the edit's aligned SSIM, as it is and after a flip, turn, rotation and gamma."""
-    from deepssim.benchmark import similar_edit
+    from deepssim.evaluation.benchmark import similar_edit
 
     ref, other = load("colin27", 90), load("colin27", 60)
     edited, truth = similar_edit(ref, other, "patch", 0.8, seed=3)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import deepssim.store as store_mod
+import deepssim.store.database as store_mod
 import tasks.store as task_mod
 
 PAUSES = ("none", "after_shard", "in_transaction", "in_audit_record")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from deepssim.store import Store
+from deepssim.store.database import Store
 
 if __name__ == "__main__":
     with Store(sys.argv[1], wait_s=30):

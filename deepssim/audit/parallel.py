@@ -1,6 +1,6 @@
 """Run a CPU-bound function over many items on worker processes, results in input order.
 
-The verification (:mod:`deepssim.verify`) is many small torch operations on 128×128 images:
+The verification (:mod:`deepssim.audit.verify`) is many small torch operations on 128×128 images:
 torch's intra-op threads do not speed it up (0.52 s per pair on one thread, 0.54 on two,
 measured on the 2-core box), so the cores are used by running candidates side by side in
 separate processes instead, each with one torch thread.

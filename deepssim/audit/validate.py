@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import IngestConfig
-from .io.manifest import QUARANTINE_COLUMNS, quarantine_rows, write_quarantine_csv
+from deepssim.config import IngestConfig
+from deepssim.io.manifest import QUARANTINE_COLUMNS, quarantine_rows, write_quarantine_csv
 
 __all__ = ["ValidationConfig", "validate_manifest", "write_quarantine_csv", "quarantine_rows",
            "QUARANTINE_COLUMNS"]

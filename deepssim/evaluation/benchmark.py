@@ -10,7 +10,7 @@
 Subjects are split disjointly into members and non-members.  Candidates are
 
 * ``duplicate`` — a member image under nuisance transforms only
-  (:func:`deepssim.augment.nuisance_augment`: flips/turns, rotation, translation, zoom,
+  (:func:`deepssim.metric.augment.nuisance_augment`: flips/turns, rotation, translation, zoom,
   gamma, bias field, blur, noise).  Its aligned reference SSIM is 1 by definition (the
   unaugmented copy *is* the source);
 * ``similar`` — a member image under a structural edit (elastic, blend with a non-member
@@ -46,9 +46,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import Thresholds, VerificationConfig
-from .preprocess import to_model_input
-from .ssim import reference_ssim, ssim_torch
+from deepssim.config import Thresholds, VerificationConfig
+from deepssim.preprocess import to_model_input
+from deepssim.metric.ssim import reference_ssim, ssim_torch
 
 KINDS = ("duplicate", "similar", "different")  # the labels (and the original planted kinds)
 CANDIDATE_KINDS = KINDS + ("neighbour",)  # every ``kind`` a truth row may carry
@@ -135,7 +135,7 @@ def _subsample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.nda
 
 def _edit(kind: str, x: torch.Tensor, other: torch.Tensor, strength: float, seed: int) -> torch.Tensor:
     """One structural edit of (1, 1, S, S) at ``strength`` in [0, 1], with fixed randomness."""
-    from .augment import blend_edit, elastic_edit, patch_edit
+    from deepssim.metric.augment import blend_edit, elastic_edit, patch_edit
 
     gen = torch.Generator().manual_seed(seed)
     s = torch.tensor([strength], dtype=torch.float32)
@@ -166,7 +166,7 @@ def similar_edit(source: np.ndarray, other: np.ndarray, kind: str, target: float
 
 
 def _nuisance(images: np.ndarray, seed: int, strength: float) -> np.ndarray:
-    from .augment import nuisance_augment
+    from deepssim.metric.augment import nuisance_augment
 
     gen = torch.Generator().manual_seed(seed)
     out = nuisance_augment(strength)(torch.from_numpy(images).unsqueeze(1), gen)[:, 0].numpy()
@@ -369,8 +369,8 @@ class BenchData:
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(T, D), (N, D) DeepSSIM embeddings, computed once."""
         if "emb" not in self._cache:
-            from .checkpoint import DEFAULT_MODEL, load_checkpoint
-            from .embed import Embedder
+            from deepssim.metric.checkpoint import DEFAULT_MODEL, load_checkpoint
+            from deepssim.metric.embed import Embedder
 
             model, _ = load_checkpoint(self.checkpoint or DEFAULT_MODEL, device="cpu")
             embedder = Embedder(model, device=self.device)
@@ -396,7 +396,7 @@ MethodResult = tuple[np.ndarray, np.ndarray]  # best score (N,), index of the be
 
 def method_deepssim(data: BenchData) -> MethodResult:
     """Cosine of DeepSSIM embeddings, exact top-1."""
-    from .search import topk_cosine
+    from deepssim.store.search import topk_cosine
 
     train_emb, cand_emb = data.embeddings()
     scores, idx = topk_cosine(cand_emb, train_emb, 1)
@@ -405,10 +405,10 @@ def method_deepssim(data: BenchData) -> MethodResult:
 
 def _verified_topk(data: BenchData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Embedding top-k (scores, indices) and verification of each candidate against them,
-    exactly as the audit does it (:func:`deepssim.pipeline.verify_neighbours`); cached."""
+    exactly as the audit does it (:func:`deepssim.audit.pipeline.verify_neighbours`); cached."""
     if "verified" not in data._cache:
-        from .pipeline import verify_neighbours
-        from .search import topk_cosine
+        from deepssim.audit.pipeline import verify_neighbours
+        from deepssim.store.search import topk_cosine
 
         train_emb, cand_emb = data.embeddings()
         emb_s, idx = topk_cosine(cand_emb, train_emb, data.verification.max_k)
@@ -420,7 +420,7 @@ def _verified_topk(data: BenchData) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 def method_deepssim_verify(data: BenchData) -> MethodResult:
-    """The audit's decision: top-k by embedding, then :func:`deepssim.pipeline.verify_neighbours`
+    """The audit's decision: top-k by embedding, then :func:`deepssim.audit.pipeline.verify_neighbours`
     (verification score of the best of the top-k, fused with the embedding score as
     ``VerificationConfig.fusion`` says); candidates under ``verification.floor`` keep the
     embedding score."""
@@ -432,7 +432,7 @@ def method_max_fusion(data: BenchData) -> MethodResult:
     """The verified score fused with the embedding score by ``max`` (the stronger piece of
     evidence wins; the audit's default before verification alone reached full duplicate
     recall — kept to show what the learned score adds or costs)."""
-    from .pipeline import fuse_scores
+    from deepssim.audit.pipeline import fuse_scores
 
     emb_s, _, result = _verified_topk(data)
     fused = np.where(result.verified, fuse_scores(emb_s[:, 0], result.verification_score, "max"), emb_s[:, 0])
@@ -457,9 +457,9 @@ def method_pixel_correlation(data: BenchData) -> MethodResult:
 
 def method_verify_exhaustive(data: BenchData) -> MethodResult:
     """Verification against *every* member (no model: every member is searched, the
-    close ones scored, see :func:`deepssim.verify.verify_candidate`): an upper bound for
+    close ones scored, see :func:`deepssim.audit.verify.verify_candidate`): an upper bound for
     what the embedding's top-k can hand to verification."""
-    from .verify import verify_candidates
+    from deepssim.audit.verify import verify_candidates
 
     refs = np.broadcast_to(data.train, (len(data.candidates),) + data.train.shape)
     scores, _ = verify_candidates(data.candidates, refs, data.verification)
@@ -500,7 +500,7 @@ def tpr_at_fpr(scores: np.ndarray, positive: np.ndarray, max_fpr: float = 0.05) 
 def evaluate(scores: np.ndarray, truth_labels: np.ndarray, thresholds: Thresholds) -> dict:
     """Macro F1, per-class precision/recall (labels from ``thresholds``), duplicate recall
     at >= 95 % precision and TPR at 5 % FPR (duplicate vs rest)."""
-    from .calibrate import LABELS, label_scores, macro_f1
+    from deepssim.evaluation.calibrate import LABELS, label_scores, macro_f1
 
     truth = np.array([LABELS.index(t) for t in truth_labels])
     pred = label_scores(scores, thresholds.similar, thresholds.duplicate)
@@ -526,13 +526,13 @@ def run_benchmark(bench_dir: str | Path, checkpoint: str | Path | None = None,
     precision/recall, ``dup_recall_at_p95``, ``tpr_at_fpr5``, ``seconds_per_candidate``
     (embedding included for DeepSSIM methods), ``source_hit`` (fraction of planted
     duplicates/similar/neighbours whose best match is their ``nearest_train``) and
-    ``calibrated``: the thresholds :func:`deepssim.calibrate.calibrate_from_benchmark`
+    ``calibrated``: the thresholds :func:`deepssim.evaluation.calibrate.calibrate_from_benchmark`
     picks on this same benchmark with their macro F1 (in-sample, optimistic: it shows the
     ranking quality of a score whose scale differs from the aligned SSIM, e.g. the
     verification score).
     Writes ``results.json``, ``results.md`` and ``results.png`` into ``out_dir`` if given.
     """
-    from .calibrate import calibrate_from_benchmark
+    from deepssim.evaluation.calibrate import calibrate_from_benchmark
 
     data = load_benchmark(bench_dir)
     data.checkpoint, data.verification, data.device = checkpoint, verification, device

@@ -38,7 +38,7 @@ def image_ref(image_id: str) -> str:
     salted SHA-256 (``$DEEPSSIM_ID_SALT``, as DICOM series names use), 12 hex digits.  Ids
     hold paths and subject folder names (often patient codes); the local report and the CSVs
     show both, so a ref is looked up there."""
-    from .io.dicom import DEFAULT_SALT
+    from deepssim.io.dicom import DEFAULT_SALT
 
     salt = os.environ.get("DEEPSSIM_ID_SALT", DEFAULT_SALT)
     return "ref-" + hashlib.sha256(f"{salt}\x00image\x00{image_id}".encode()).hexdigest()[:12]

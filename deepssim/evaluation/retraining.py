@@ -3,7 +3,7 @@
 Plain library (no Prefect).  The retrain flow (``flows/retrain.py``) strings these together:
 
 1. :func:`cohort_image_set` turns a registered cohort's stored pixels into an
-   :class:`~deepssim.trainingdata.ImageSet`, one subject per :func:`subject_of`.
+   :class:`~deepssim.metric.trainingdata.ImageSet`, one subject per :func:`subject_of`.
 2. :func:`split_holdout` holds out whole subjects by a *stable hash of the subject name*:
    a subject held out once is held out on every later retraining, whatever cohorts are
    added, so the evaluation set does not drift into the training set.
@@ -11,7 +11,7 @@ Plain library (no Prefect).  The retrain flow (``flows/retrain.py``) strings the
    phantoms), a validation pool for the trainer's best-step selection (phantoms only, so
    selection never sees the evaluation images) and the evaluation pool (held-out cohort
    subjects + phantoms drawn from a constant seed).
-4. :func:`evaluate_model` scores a model on the fixed pairs (:func:`deepssim.train.evaluate`)
+4. :func:`evaluate_model` scores a model on the fixed pairs (:func:`deepssim.metric.train.evaluate`)
    and, optionally, on a small memorization benchmark built from the evaluation pool.
 5. :func:`decide` applies the promotion rule (see :class:`PromotionRule`).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .trainingdata import ImageSet, phantoms
+from deepssim.metric.trainingdata import ImageSet, phantoms
 
 EVAL_PHANTOM_SEED = 20260611  # constant: the evaluation phantoms never change between runs
 EVAL_PAIR_SEED = 1234
@@ -73,7 +73,7 @@ class RetrainConfig:
     @classmethod
     def from_record(cls, data: dict | None) -> "RetrainConfig":
         """From a dict; unknown keys are an error (a typo must not pass silently)."""
-        from .config import from_dict
+        from deepssim.config import from_dict
 
         return from_dict(cls, dict(data or {}))
 
@@ -220,19 +220,19 @@ def _phantom_count(images: ImageSet) -> int:
 # --------------------------------------------------------------------------- evaluation
 
 def fixed_eval_set(eval_images: ImageSet, n_pairs: int):
-    """The reproducible :class:`~deepssim.train.EvalSet` both models are scored on."""
-    from .train import make_eval_set
-    from .trainingdata import as_pool
+    """The reproducible :class:`~deepssim.metric.train.EvalSet` both models are scored on."""
+    from deepssim.metric.train import make_eval_set
+    from deepssim.metric.trainingdata import as_pool
 
     return make_eval_set(as_pool(eval_images), n_pairs, seed=EVAL_PAIR_SEED)
 
 
 def build_eval_benchmark(eval_images: ImageSet, out: Path, per_kind: int) -> Path:
-    """A memorization benchmark (:func:`deepssim.benchmark.build_benchmark`) from the
+    """A memorization benchmark (:func:`deepssim.evaluation.benchmark.build_benchmark`) from the
     evaluation images.  Subjects are written under anonymous folder names."""
     from PIL import Image
 
-    from .benchmark import build_benchmark
+    from deepssim.evaluation.benchmark import build_benchmark
 
     src = out / "src"
     names = {s: f"s{i:03d}" for i, s in enumerate(sorted(set(eval_images.subjects)))}
@@ -249,10 +249,10 @@ def build_eval_benchmark(eval_images: ImageSet, out: Path, per_kind: int) -> Pat
 def benchmark_scores(model, bench_dir: Path, device: str = "cpu") -> dict:
     """Macro F1 and duplicate recall of the DeepSSIM score (embedding top-1, default
     thresholds) on a built benchmark, with an in-memory model."""
-    from .benchmark import evaluate as bench_evaluate
-    from .benchmark import load_benchmark, method_deepssim
-    from .config import Thresholds
-    from .embed import Embedder
+    from deepssim.evaluation.benchmark import evaluate as bench_evaluate
+    from deepssim.evaluation.benchmark import load_benchmark, method_deepssim
+    from deepssim.config import Thresholds
+    from deepssim.metric.embed import Embedder
 
     data = load_benchmark(bench_dir)
     embedder = Embedder(model, device=device)
@@ -266,7 +266,7 @@ def benchmark_scores(model, bench_dir: Path, device: str = "cpu") -> dict:
 
 def evaluate_model(model, ev, bench_dir: Path | None = None, device: str = "cpu") -> dict:
     """Fixed-pair metrics (+ ``benchmark`` when a benchmark folder is given)."""
-    from .train import evaluate
+    from deepssim.metric.train import evaluate
 
     model = model.to("cpu").eval()
     metrics = evaluate(model, ev)

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import EncoderConfig
+from deepssim.config import EncoderConfig
 
 FORMAT_VERSION = 1
-DEFAULT_MODEL = Path(__file__).parent / "models" / "deepssim-default.pt"
+DEFAULT_MODEL = Path(__file__).parents[1] / "models" / "deepssim-default.pt"
 
 
 class CheckpointError(ValueError):
@@ -108,7 +108,7 @@ def load_checkpoint(path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu"
     """
     import torch
 
-    from .model import DeepSSIMEncoder
+    from deepssim.metric.model import DeepSSIMEncoder
 
     meta = read_meta(path)
     actual = file_sha256(path)

@@ -6,7 +6,7 @@ Promotion is ordered so that an audit never meets a champion without embeddings:
 model (harmless while it is only a challenger), then :func:`promote` switches the
 champion in one transaction.  Embeddings stay keyed by model id, so an audit always reads
 the cohort under the model it embeds its candidates with
-(:meth:`~deepssim.store.Store.iter_cohort_embeddings` refuses anything else).
+(:meth:`~deepssim.store.database.Store.iter_cohort_embeddings` refuses anything else).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .store import Store, StoreError, utcnow
+from deepssim.store.database import Store, StoreError, utcnow
 
 STATUSES = ("champion", "challenger", "retired", "external")
 

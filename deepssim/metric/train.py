@@ -19,11 +19,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .augment import Compose, RandomAffine, RandomDihedral, RandomGamma, nuisance_augment
-from .config import EncoderConfig
-from .embed import resolve_device, resolve_precision
-from .model import DeepSSIMEncoder, cosine_scores
-from .pairs import ImagePool, PairMix, PairSampler
+from deepssim.metric.augment import Compose, RandomAffine, RandomDihedral, RandomGamma, nuisance_augment
+from deepssim.config import EncoderConfig
+from deepssim.metric.embed import resolve_device, resolve_precision
+from deepssim.metric.model import DeepSSIMEncoder, cosine_scores
+from deepssim.metric.pairs import ImagePool, PairMix, PairSampler
 
 
 @dataclass(frozen=True)

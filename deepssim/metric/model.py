@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
-from .config import EncoderConfig
+from deepssim.config import EncoderConfig
 
 
 class DeepSSIMEncoder(nn.Module):

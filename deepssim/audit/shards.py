@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import IngestConfig
+from deepssim.config import IngestConfig
 
 DEFAULT_SHARD_FILES = 512
 
@@ -36,7 +36,7 @@ def plan_shards(paths: Sequence[str | os.PathLike], config: IngestConfig, shard_
                 root: str | os.PathLike | None = None) -> ShardPlan:
     """Walk ``paths`` once and pack its files into shards of about ``shard_files`` files,
     never splitting a folder's direct files across shards."""
-    from .io.discover import default_root, discover
+    from deepssim.io.discover import default_root, discover
 
     paths = [Path(p) for p in paths]
     base = Path(os.path.abspath(root)) if root is not None else default_root(paths)
@@ -63,8 +63,8 @@ def merge_ingested(parts: Sequence[dict], work_dir: Path, size: int) -> dict:
     ``parts``: per shard ``{"manifest": parquet path, "pixels": npy path}`` in shard order.
     Returns ``{"manifest": path, "pixels": path, "ok": n, "quarantined": m}``.
     """
-    from .io.ingest import PIXELS_FILE
-    from .pipeline import read_manifest, write_manifest
+    from deepssim.io.ingest import PIXELS_FILE
+    from deepssim.audit.pipeline import read_manifest, write_manifest
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

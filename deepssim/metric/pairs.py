@@ -5,7 +5,7 @@ subject, volume and slice position.  :class:`PairSampler` draws aligned pairs
 ``(a, b)`` of five kinds — an image with itself, with a structurally edited version of
 itself (elastic deformation, blending, patch replacement), with a neighbouring slice of
 its volume, with another image of the same subject, with another subject — labels each
-with the aligned reference SSIM (:func:`deepssim.ssim.ssim_torch`), and resamples so the
+with the aligned reference SSIM (:func:`deepssim.metric.ssim.ssim_torch`), and resamples so the
 target histogram is roughly flat.  Nuisance augmentation is applied later, by the
 trainer, to each side independently.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .augment import blend_edit, elastic_edit, patch_edit
-from .ssim import ssim_torch
+from deepssim.metric.augment import blend_edit, elastic_edit, patch_edit
+from deepssim.metric.ssim import ssim_torch
 
 
 @dataclass

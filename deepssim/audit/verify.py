@@ -2,7 +2,7 @@
 
 The learned DeepSSIM score is a fast estimate; this module checks a candidate against
 its few nearest training images with an explicit alignment search and the reference
-SSIM terms (:mod:`deepssim.ssim`), and says which transform made them match.
+SSIM terms (:mod:`deepssim.metric.ssim`), and says which transform made them match.
 
 What the score means
 --------------------
@@ -68,7 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import VerificationConfig
+from deepssim.config import VerificationConfig
 
 COARSE_SIZE = 32
 COARSE_SCALES = (0.9, 1.0, 1.1)
@@ -354,7 +354,7 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
     Each image is z-scored over its ``valid`` pixels, the SSIM map is computed with the
     reference constants (7×7 uniform window, sample covariance, data range of ``a``) and
     averaged over the windows lying wholly inside ``valid``.  With ``valid`` all true and
-    no ``noise_var_b`` this equals :func:`deepssim.ssim.ssim_torch` (and scikit-image)
+    no ``noise_var_b`` this equals :func:`deepssim.metric.ssim.ssim_torch` (and scikit-image)
     exactly.  ``noise_var_b`` (intensity units², scalar or (B,)): the variance of white
     noise known to be in ``b``, subtracted from its local variances (independent noise
     adds to a variance, not to a covariance), so the score is that of the noise-free image.
@@ -364,7 +364,7 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
     Returns:
         (B,) SSIM in [-1, 1] (dtype of ``a``).
     """
-    from .ssim import K1, K2, WINDOW
+    from deepssim.metric.ssim import K1, K2, WINDOW
 
     if valid is None:
         valid = torch.ones_like(a, dtype=torch.bool)
@@ -890,7 +890,7 @@ def verify_candidate(candidate: np.ndarray, references: np.ndarray,
     usable = [j for j in range(len(references)) if references[j].std() > 0]
     out = [constant] * len(references)
     if usable:
-        from .embed import resolve_device
+        from deepssim.metric.embed import resolve_device
 
         # the same code on either device: tensors made inside follow torch's default device
         with torch.no_grad(), resolve_device(config.device):

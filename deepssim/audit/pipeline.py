@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .config import AuditSettings, Thresholds, VerificationConfig
-from .gate import label_scores
+from deepssim.config import AuditSettings, Thresholds, VerificationConfig
+from deepssim.audit.gate import label_scores
 
 MANIFEST_FILE = "manifest.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -55,8 +55,8 @@ def embed_pixels(pixels_path: Path, rows: np.ndarray, model_path: Path, out_path
                  progress: Callable[[int, int], None] | None = None, precision: str = "auto") -> Path:
     """Embed ``pixels[rows]`` with the checkpoint at ``model_path``; write (len(rows), D)
     float32 to ``out_path``.  ``progress(done, total)`` after each batch."""
-    from .checkpoint import load_checkpoint
-    from .embed import Embedder
+    from deepssim.metric.checkpoint import load_checkpoint
+    from deepssim.metric.embed import Embedder
 
     pixels = np.load(pixels_path, mmap_mode="r")
     model, _ = load_checkpoint(model_path)
@@ -129,17 +129,17 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     score is the embedding score.  For the others every one of the top ``config.top_k``
     neighbours, and further ones within ``config.margin`` of the best up to ``config.max_k``
     (:meth:`VerificationConfig.neighbours_to_verify`; ``emb_index`` must hold that many
-    columns to use them), is verified (:func:`deepssim.verify.verify_candidate`); the best
+    columns to use them), is verified (:func:`deepssim.audit.verify.verify_candidate`); the best
     verification score is fused with the best embedding score by ``config.fusion``
     (:func:`fuse_scores`), and the nearest image is the one verification matched best.
     ``load_references(indices) -> (n, S, S)`` fetches training pixels by cohort index.
     When the fused score comes from the embedding, the nearest image is the embedding's
     top match and ``alignment`` says so (the evidence names what produced the score).
     ``progress(done, total)`` is called after each verified candidate.  Candidates are
-    verified on ``config.workers`` processes (:func:`deepssim.parallel.ordered_map`).
+    verified on ``config.workers`` processes (:func:`deepssim.audit.parallel.ordered_map`).
     """
-    from .embed import resolve_device
-    from .parallel import ordered_map
+    from deepssim.metric.embed import resolve_device
+    from deepssim.audit.parallel import ordered_map
 
     q = len(candidates)
     score = emb_scores[:, 0].astype(np.float64).copy() if q else np.zeros(0)
@@ -170,7 +170,7 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
 
 def _verify_job(job: tuple[np.ndarray, np.ndarray, VerificationConfig]) -> list:
     """One candidate against its references (runs on a verification worker)."""
-    from .verify import verify_candidate
+    from deepssim.audit.verify import verify_candidate
 
     candidate, references, config = job
     return verify_candidate(candidate, references, config)

@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .config import check_precision
-from .model import DeepSSIMEncoder
+from deepssim.config import check_precision
+from deepssim.metric.model import DeepSSIMEncoder
 
 
 def resolve_device(device: str = "auto") -> torch.device:

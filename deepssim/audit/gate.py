@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from .config import GatePolicy, Thresholds
+from deepssim.config import GatePolicy, Thresholds
 
 LABELS = ("duplicate", "similar", "different")
 _RANK = {"duplicate": 0, "similar": 1, "different": 2}

@@ -10,7 +10,7 @@ how they were chosen:
   ``similar`` at ``similar_quantile`` (default 0.99: 1 % of honest non-members get
   reported as similar), ``duplicate`` at ``duplicate_quantile`` (0.999) plus ``margin``
   (an honest non-member should essentially never fail the gate).
-* :func:`calibrate_from_benchmark` uses a labelled benchmark (``deepssim.benchmark``):
+* :func:`calibrate_from_benchmark` uses a labelled benchmark (``deepssim.evaluation.benchmark``):
   the pair of thresholds that maximises macro F1 over {duplicate, similar, different}
   among those that keep duplicate recall >= ``min_duplicate_recall``.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import Thresholds
+from deepssim.config import Thresholds
 
 LABELS = ("different", "similar", "duplicate")
 
@@ -28,7 +28,7 @@ def _nearest_other_subject(embeddings: np.ndarray, subjects: np.ndarray, held: n
     """For each held-out row, the best cosine against rows of subjects not held out."""
     import torch
 
-    from .search import topk_cosine
+    from deepssim.store.search import topk_cosine
 
     queries = torch.as_tensor(embeddings[held], dtype=torch.float32)
     keys = torch.as_tensor(embeddings[~held], dtype=torch.float32)
@@ -139,7 +139,7 @@ def calibrate_from_benchmark(scores, truth_labels, min_duplicate_recall: float =
 def calibrate_benchmark_dir(bench_dir, checkpoint=None, verification=None,
                             min_duplicate_recall: float = 0.98, method: str = "DeepSSIM + verification"
                             ) -> tuple[Thresholds, dict]:
-    """Thresholds for the audit's final score, from a built benchmark (``deepssim.benchmark``).
+    """Thresholds for the audit's final score, from a built benchmark (``deepssim.evaluation.benchmark``).
 
     The benchmark is scored exactly as an audit scores (``method``: embedding top-k, then
     verification fused by ``VerificationConfig.fusion``) and :func:`calibrate_from_benchmark`
@@ -148,13 +148,13 @@ def calibrate_benchmark_dir(bench_dir, checkpoint=None, verification=None,
     """
     from dataclasses import asdict
 
-    from .benchmark import run_benchmark
-    from .config import VerificationConfig
+    from deepssim.evaluation.benchmark import run_benchmark
+    from deepssim.config import VerificationConfig
 
     verification = verification or VerificationConfig()
     results = run_benchmark(bench_dir, checkpoint=checkpoint, methods=[method], verification=verification)
     row = results["methods"][method]
-    from .benchmark import load_benchmark
+    from deepssim.evaluation.benchmark import load_benchmark
 
     labels = [t["label"] for t in load_benchmark(bench_dir).truth]
     thresholds = calibrate_from_benchmark(row["scores"], labels, min_duplicate_recall,
@@ -171,8 +171,8 @@ def calibrate_store_cohort(store, cohort: str, model_id: str, **kwargs) -> tuple
     row's subject is the first folder of its image id.  These thresholds describe
     honest non-members' *embedding* scores; an audit's fused score (max of embedding and
     verification) is never lower, so they err towards flagging, never towards missing.
-    Subjects follow the same rule as retraining (:func:`deepssim.evaluation.subject_of`)."""
-    from .evaluation import subject_of
+    Subjects follow the same rule as retraining (:func:`deepssim.evaluation.retraining.subject_of`)."""
+    from deepssim.evaluation.retraining import subject_of
 
     images = store.cohort_images(cohort)
     emb = store.cohort_embeddings(cohort, model_id)

@@ -5,7 +5,7 @@ the ingestion readers; procedural CT-like phantoms and tiles of the real photogr
 micrographs that scikit-image ships add contrasts and structures that a small brain-MR
 collection lacks.  Everything here returns plain numpy arrays of shape (N, S, S) in
 [0, 1] plus per-image subject / volume / position labels, packed as an
-:class:`~deepssim.pairs.ImagePool` by :func:`as_pool`.
+:class:`~deepssim.metric.pairs.ImagePool` by :func:`as_pool`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocess import to_model_input
+from deepssim.preprocess import to_model_input
 
 
 @dataclass
@@ -58,10 +58,10 @@ class ImageSet:
 
 
 def as_pool(images: ImageSet, device: str = "cpu"):
-    """Pack an :class:`ImageSet` into a sorted :class:`~deepssim.pairs.ImagePool`."""
+    """Pack an :class:`ImageSet` into a sorted :class:`~deepssim.metric.pairs.ImagePool`."""
     import torch
 
-    from .pairs import ImagePool
+    from deepssim.metric.pairs import ImagePool
 
     names = sorted(set(images.subjects))
     subject_index = {n: i for i, n in enumerate(names)}
