@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deepssim.evaluation.benchmark import evaluate  # noqa: E402
-from deepssim.evaluation.calibrate import calibrate_from_benchmark  # noqa: E402
+from deepssim.evaluation.scoring import calibrate_from_benchmark  # noqa: E402
 
 CLASSES = ("duplicate", "similar", "different")
 

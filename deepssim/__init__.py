@@ -11,17 +11,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "load_default_model": "api", "load_model": "api", "deepssim_score": "api", "DeepSSIM": "api",
-    "load_image": "api", "reference_ssim": "metric.ssim", "ssim_targets": "metric.ssim",
-}
+from deepssim._exports import lazy_exports
 
-__all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'deepssim' has no attribute {name!r}")
+__getattr__, __dir__, _public = lazy_exports(__name__, {
+    "api": ["DeepSSIM", "deepssim_score", "load_default_model", "load_image", "load_model"],
+    "metric.ssim": ["reference_ssim", "ssim_targets"],
+})
+__all__ = _public + ["__version__"]

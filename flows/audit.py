@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from deepssim.config import AuditSettings
-from deepssim.audit.outputs import image_ref, point_latest, prune_run_folders, run_folder_name, summary_text, write_summary
-from deepssim.audit.pipeline import ok_rows, read_manifest
+from deepssim.audit import image_ref, point_latest, prune_run_folders, run_folder_name, summary_text, write_summary
+from deepssim.audit import ok_rows, read_manifest
 from tasks.audit import gate_task, verify_task
 from tasks.dashboard import publish_dashboard_task
 from tasks.ingest import validate_task
@@ -152,7 +152,7 @@ def _run_stages(candidates: list[str], cohort: str, db: str, settings: AuditSett
     emb_path = embed_stage(ingested["pixels"], rows, model["path"], str(work / "embeddings.npy"),
                            settings.device, settings.batch_size, "candidate embedding",
                            precision=settings.precision)
-    from deepssim.metric.embed import inference_settings  # torch: imported only once an audit runs
+    from deepssim.metric import inference_settings  # torch: imported only once an audit runs
 
     # as resolved in this process (a Dask worker with other hardware resolves "auto" itself)
     summary["model"] = {**model, "inference": inference_settings(settings.device, settings.precision)}
@@ -201,7 +201,7 @@ def _prune(root: Path, keep: int | None, db: str, wait_s: float) -> None:
     """Remove run folders beyond the newest ``keep``, only those the store can export."""
     if keep is None:
         return
-    from deepssim.store.database import Store
+    from deepssim.store import Store
 
     with Store(db, read_only=True, wait_s=wait_s) as store:
         kept = set(store.audits(limit=1_000_000).query("files > 0")["audit_id"])

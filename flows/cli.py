@@ -90,7 +90,7 @@ def _settings(similar: float, duplicate: float, max_duplicates: int, max_similar
 def _valid_settings(**values) -> dict:
     """AuditSettings(**values) as a plain record; an invalid value is a usage error (exit 2)."""
     from deepssim.config import AuditSettings
-    from deepssim.audit.pipeline import settings_record
+    from deepssim.audit import settings_record
 
     try:
         return settings_record(AuditSettings(**values))
@@ -201,7 +201,7 @@ def cohort_register(name: str = typer.Argument(..., metavar="NAME", help="cohort
 def cohort_list(db: Optional[Path] = typer.Option(None, help=DB_HELP)):
     """List registered cohorts."""
     from deepssim.config import default_db_path
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import Store, StoreError
 
     try:
         with Store(db or default_db_path(), read_only=True, wait_s=5) as store:
@@ -261,7 +261,7 @@ def _check_audit_target(db: Optional[Path], cohort: str, model: Optional[Path]) 
     """A missing store, an unknown cohort or a missing checkpoint is a usage error (exit 2)
     found before any image is read.  A busy or older store is left to the audit itself."""
     from deepssim.config import default_db_path
-    from deepssim.store.database import Store, StoreBusyError, StoreError
+    from deepssim.store import Store, StoreBusyError, StoreError
 
     if model is not None and not model.is_file():
         _usage_error(f"no model checkpoint at {model}")
@@ -295,7 +295,7 @@ app.add_typer(audits_app, name="audits")
 
 def _open_store(db: Optional[Path]):
     from deepssim.config import default_db_path
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import Store, StoreError
 
     try:
         return Store(db or default_db_path(), read_only=True, wait_s=5)
@@ -307,7 +307,7 @@ def _open_store(db: Optional[Path]):
 def audits_list(db: Optional[Path] = typer.Option(None, help=DB_HELP),
                 limit: int = typer.Option(50, help="newest audits shown")):
     """Audits newest first: id, finish time (UTC), cohort, candidates, verdict, counts."""
-    from deepssim.audit.trail import audit_table
+    from deepssim.audit import audit_table
 
     with _open_store(db) as store:
         table = audit_table(store.audits(limit))
@@ -319,7 +319,7 @@ def audits_export(audit_id: str = typer.Argument(..., metavar="AUDIT_ID", help="
                   out: Path = typer.Option(..., help="folder to write the audit's files into"),
                   db: Optional[Path] = typer.Option(None, help=DB_HELP)):
     """Re-write an audit's summary.json, verdicts.csv, report.html (...) exactly as first written."""
-    from deepssim.store.database import StoreError
+    from deepssim.store import StoreError
 
     with _open_store(db) as store:
         try:
@@ -383,8 +383,8 @@ def train(cohort: str = typer.Option(..., help="registered cohort to retrain on"
 def model_list(db: Optional[Path] = typer.Option(None, help=DB_HELP)):
     """List registered models, newest first (status champion: the one audits use)."""
     from deepssim.config import default_db_path
-    from deepssim.store.registry import registry_table
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import registry_table
+    from deepssim.store import Store, StoreError
 
     try:
         with Store(db or default_db_path(), read_only=True, wait_s=5) as store:
@@ -402,8 +402,8 @@ def model_show(model_id: str = typer.Argument(..., help="model id (deepssim-...)
                db: Optional[Path] = typer.Option(None, help=DB_HELP)):
     """Everything the registry knows about one model (JSON)."""
     from deepssim.config import default_db_path
-    from deepssim.store.registry import cohorts_missing, get_model
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import cohorts_missing, get_model
+    from deepssim.store import Store, StoreError
 
     try:
         with Store(db or default_db_path(), read_only=True, wait_s=5) as store:
@@ -423,15 +423,15 @@ def model_promote(model_id: str = typer.Argument(..., help="model id to make the
     """Make a model the champion.  Cohorts are re-embedded under it first; without
     --reembed the promotion is refused while any cohort lacks its embeddings."""
     from deepssim.config import default_db_path
-    from deepssim.store.registry import get_model, promote, reembed_cohorts
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import get_model, promote, reembed_cohorts
+    from deepssim.store import Store, StoreError
 
     try:
         with Store(db or default_db_path(), wait_s=60) as store:
             row = get_model(store, model_id)
             if reembed and row["path"] and Path(row["path"]).is_file():
-                from deepssim.metric.checkpoint import load_checkpoint
-                from deepssim.metric.embed import Embedder
+                from deepssim.metric import load_checkpoint
+                from deepssim.metric import Embedder
 
                 model, _ = load_checkpoint(row["path"])
                 done = reembed_cohorts(store, model_id, Embedder(model, device=device).embed)
@@ -446,9 +446,9 @@ def model_promote(model_id: str = typer.Argument(..., help="model id to make the
 def _calibrated_thresholds(db: Optional[Path], cohort: str, wait: float) -> tuple[float, float, str]:
     """(similar, duplicate, source) of the latest calibration for ``cohort`` (else global);
     none recorded is a usage error (exit 2)."""
-    from deepssim.evaluation.calibrate import latest_thresholds
+    from deepssim.evaluation import latest_thresholds
     from deepssim.config import default_db_path
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import Store, StoreError
 
     try:
         with Store(db or default_db_path(), read_only=True, wait_s=wait) as store:
@@ -475,9 +475,9 @@ def calibrate(benchmark: Optional[Path] = typer.Option(None, help="built benchma
         raise typer.Exit(2)
     if benchmark is not None and not (benchmark / "truth.csv").is_file():
         _fail(f"{benchmark} is not a built benchmark (no truth.csv)", 2)
-    from deepssim.evaluation.calibrate import calibrate_benchmark_dir, calibrate_store_cohort
+    from deepssim.evaluation import calibrate_benchmark_dir, calibrate_store_cohort
     from deepssim.config import default_db_path
-    from deepssim.store.database import Store, StoreError
+    from deepssim.store import Store, StoreError
 
     try:
         with Store(db or default_db_path(), wait_s=60) as store:
@@ -486,7 +486,7 @@ def calibrate(benchmark: Optional[Path] = typer.Option(None, help="built benchma
                                                               min_duplicate_recall=min_duplicate_recall)
                 model_id = None
             else:
-                from deepssim.store.registry import champion
+                from deepssim.store import champion
 
                 found = champion(store)  # the model audits use
                 if found is None:
@@ -518,7 +518,7 @@ def benchmark_build(src: Path = typer.Argument(..., help="folder of <subject>/ f
     optionally neighbouring slices of members)."""
     if not src.is_dir():
         _fail(f"no such folder: {src}", 2)
-    from deepssim.evaluation.benchmark import build_benchmark
+    from deepssim.evaluation import build_benchmark
 
     try:
         summary = build_benchmark(src, out, seed=seed, n_duplicates=n, n_similar=n, n_different=n,
@@ -535,7 +535,7 @@ def benchmark_run(bench: Path = typer.Argument(..., help="built benchmark folder
     """Score a benchmark with DeepSSIM, DeepSSIM + verification and baselines; print the table."""
     if not (bench / "truth.csv").is_file():
         _fail(f"{bench} is not a built benchmark (no truth.csv)", 2)
-    from deepssim.evaluation.benchmark import markdown_table, run_benchmark
+    from deepssim.evaluation import markdown_table, run_benchmark
 
     results = run_benchmark(bench, checkpoint=model, out_dir=out or bench / "results")
     typer.echo(markdown_table(results), nl=False)

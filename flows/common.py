@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from deepssim.config import AuditSettings, default_db_path
-from deepssim.audit.outputs import package_versions
-from deepssim.audit.pipeline import settings_record
+from deepssim.audit import package_versions
+from deepssim.audit import settings_record
 
 
 def now_iso() -> str:

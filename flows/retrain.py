@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from deepssim.evaluation.retraining import PromotionRule, RetrainConfig, decide
-from deepssim.store.registry import models_dir
+from deepssim.evaluation import PromotionRule, RetrainConfig, decide
+from deepssim.store import models_dir
 from tasks.dashboard import publish_dashboard_task
 from tasks.store import resolve_model_task
 from tasks.train import (evaluate_models_task, prepare_retrain_data_task, promote_task,

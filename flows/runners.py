@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect.context import FlowRunContext
 
 from deepssim.config import IngestConfig
-from deepssim.audit.shards import DEFAULT_SHARD_FILES, merge_embeddings, merge_ingested, plan_shards, split_rows
+from deepssim.audit import DEFAULT_SHARD_FILES, merge_embeddings, merge_ingested, plan_shards, split_rows
 from tasks.embed import embed_task
 from tasks.ingest import ingest_task
 

@@ -255,7 +255,7 @@ def build_view(context: Mapping) -> dict:
 # ---------------------------------------------------------------- rendering
 def _ref(image_id) -> str:
     """The opaque ref artifacts and run states use for an image (see deepssim.audit.outputs.image_ref)."""
-    from deepssim.audit.outputs import image_ref
+    from deepssim.audit import image_ref
 
     return image_ref(str(image_id)) if image_id else ""
 

@@ -69,7 +69,7 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
     import torch
 
     from deepssim.metric.checkpoint import save_checkpoint
-    from deepssim.metric.train import TrainConfig, train
+    from deepssim.metric.train import TrainConfig, train_encoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(out_dir / "train_log.txt", "a")
@@ -112,7 +112,7 @@ def train_model(pool_path: Path, out_dir: Path, budget: float, device: str, step
         init_state, encoder = init_model.state_dict(), init_model.config
         summary["fine_tuned_from"] = init_meta.model_id
         log(f"fine-tuning from {init_meta.model_id}")
-    result = train(train_pool, val_pool, config, encoder=encoder, log=log, on_best=checkpoint,
+    result = train_encoder(train_pool, val_pool, config, encoder=encoder, log=log, on_best=checkpoint,
                    init_state=init_state)
     meta = save_checkpoint(result.model, out_dir / "deepssim-default.pt",
                            training={**summary, **result.config, "best_step": result.best_step,

@@ -9,9 +9,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 
 from deepssim.config import AuditSettings
-from deepssim.audit.gate import decide, volume_table
-from deepssim.audit.pipeline import ok_rows, read_manifest, verdict_table, verify_neighbours
-from deepssim.store.database import read_pixel_rows
+from deepssim.audit import decide, volume_table
+from deepssim.audit import ok_rows, read_manifest, verdict_table, verify_neighbours
+from deepssim.store import read_pixel_rows
 from tasks.progress import console_progress
 
 

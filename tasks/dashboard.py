@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from deepssim.store.database import Store
+from deepssim.store import Store
 
 HISTORY_KEY = "deepssim-audit-history"
 REGISTRY_KEY = "deepssim-model-registry"
@@ -15,7 +15,7 @@ def publish_dashboard_task(db: str, wait_s: float = 60.0, limit: int = 50) -> di
     """Publish ``deepssim-audit-history`` and ``deepssim-model-registry`` table artifacts."""
     from prefect.artifacts import create_table_artifact
 
-    from deepssim.store.registry import audit_history, registry_table
+    from deepssim.store import audit_history, registry_table
 
     with Store(db, wait_s=wait_s) as store:
         history, models = audit_history(store, limit), registry_table(store)

@@ -16,7 +16,7 @@ def embed_task(pixels_path: str, rows: list[int], model_path: str, out_path: str
     shows how far it got in the Prefect UI."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from deepssim.audit.pipeline import embed_pixels
+    from deepssim.audit import embed_pixels
 
     total = len(rows)
     artifact = create_progress_artifact(progress=0.0, description=f"deepssim {label}: {total} image(s)")

@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from deepssim.config import IngestConfig
-from deepssim.audit.pipeline import read_manifest, write_manifest
+from deepssim.audit import read_manifest, write_manifest
 from tasks.progress import console_progress
 
 
@@ -30,7 +30,7 @@ def ingest_task(paths: list[str], work_dir: str, ingest: IngestConfig, size: int
 @task(name="validate", persist_result=False)
 def validate_task(manifest_path: str, ingest: IngestConfig) -> dict:
     """Great Expectations suite over the manifest; failing images are quarantined."""
-    from deepssim.audit.validate import ValidationConfig, validate_manifest
+    from deepssim.audit import ValidationConfig, validate_manifest
 
     manifest = read_manifest(Path(manifest_path))
     summary, validated = validate_manifest(manifest, ValidationConfig.from_ingest(ingest))

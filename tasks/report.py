@@ -8,10 +8,10 @@ import pandas as pd
 from prefect import task
 
 from deepssim.config import AuditSettings
-from deepssim.audit.outputs import (QUARANTINE_COLUMNS, VERDICT_COLUMNS, VOLUME_COLUMNS, quarantine_table,
+from deepssim.audit import (QUARANTINE_COLUMNS, VERDICT_COLUMNS, VOLUME_COLUMNS, quarantine_table,
                               write_summary, write_table)
-from deepssim.audit.pipeline import read_manifest
-from deepssim.store.database import read_pixel_rows
+from deepssim.audit import read_manifest
+from deepssim.store import read_pixel_rows
 
 _ORDER = {"duplicate": 0, "similar": 1, "different": 2}
 
@@ -45,7 +45,7 @@ def _aligned_views(candidate: np.ndarray, reference: np.ndarray, settings: Audit
     """The training image carried into the candidate's frame and their difference, as PNGs
     (a flipped or rotated copy then looks like what it is); {} when the alignment is not a
     verified one.  Re-runs the verification of this one pair (evidence pairs only)."""
-    from deepssim.audit.verify import aligned_reference, verify_pair
+    from deepssim.audit import aligned_reference, verify_pair
     from governance_reports.images import png_bytes
 
     alignment = verify_pair(candidate, reference, settings.verification)
@@ -118,7 +118,7 @@ def _summary_markdown(summary: dict, db: str | None) -> str:
 
 def top_matches(verdicts_csv: str, top_n: int) -> list[dict]:
     """The worst candidates as opaque refs, labels and scores (no ids, paths or folder names)."""
-    from deepssim.audit.outputs import image_ref
+    from deepssim.audit import image_ref
 
     if not Path(verdicts_csv).exists():
         return []

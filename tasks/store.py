@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 
-from deepssim.audit.pipeline import blank_to_none, input_sha256, ok_rows, read_manifest
-from deepssim.store.database import Store
+from deepssim.audit import blank_to_none, input_sha256, ok_rows, read_manifest
+from deepssim.store import Store
 
 
 @task(name="resolve-model", persist_result=False)
 def resolve_model_task(db: str, model_path: str | None, wait_s: float) -> dict:
     """The checkpoint an audit or registration uses: an explicit path, else the store's
     champion, else the shipped default.  The model is recorded in the store."""
-    from deepssim.metric.checkpoint import DEFAULT_MODEL, read_meta
-    from deepssim.store.registry import champion_path
+    from deepssim.metric import DEFAULT_MODEL, read_meta
+    from deepssim.store import champion_path
 
     with Store(db, wait_s=wait_s) as store:
         path = Path(model_path) if model_path else (champion_path(store) or DEFAULT_MODEL)
@@ -93,7 +93,7 @@ def plan_tag(changed: pd.DataFrame) -> str:
 def search_task(db: str, cohort: str, model_id: str, embeddings_path: str, k: int,
                 candidate_block: int, cohort_block: int, wait_s: float, out_path: str) -> dict:
     """Exact top-k of every candidate against the cohort, streamed from the store."""
-    from deepssim.store.search import topk_cosine
+    from deepssim.store import topk_cosine
 
     queries = np.load(embeddings_path)
     with Store(db, read_only=False, wait_s=wait_s) as store:

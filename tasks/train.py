@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from deepssim.evaluation.retraining import RetrainConfig
-from deepssim.store.database import Store
+from deepssim.evaluation import RetrainConfig
+from deepssim.store import Store
 
 _STEP = re.compile(r"^step (\d+)/(\d+)")
 
@@ -22,7 +22,7 @@ def prepare_retrain_data_task(db: str, cohort: str, config: dict, work_dir: str,
                               wait_s: float) -> dict:
     """Cohort pixels + phantoms -> train / validation / fixed evaluation sets (``.npz``
     in the private ``work_dir``).  Returns paths and counts only."""
-    from deepssim.evaluation.retraining import cohort_image_set, retrain_data
+    from deepssim.evaluation import cohort_image_set, retrain_data
 
     cfg = RetrainConfig.from_record(config)
     with Store(db, wait_s=wait_s) as store:
@@ -40,7 +40,7 @@ def prepare_retrain_data_task(db: str, cohort: str, config: dict, work_dir: str,
 
 
 def _progress_logger(total_steps: int):
-    """A ``log`` callback for :func:`deepssim.metric.train.train` that mirrors its step lines
+    """A ``log`` callback for :func:`deepssim.metric.train.train_encoder` that mirrors its step lines
     into a Prefect progress artifact (the trainer reports ``step N/TOTAL`` at each
     evaluation)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -65,9 +65,9 @@ def train_challenger_task(data: dict, champion_path: str, config: dict, out_path
     import torch
     from prefect.artifacts import update_progress_artifact
 
-    from deepssim.metric.checkpoint import load_checkpoint, save_checkpoint
-    from deepssim.metric.train import TrainConfig, train
-    from deepssim.metric.trainingdata import ImageSet, as_pool
+    from deepssim.metric import load_checkpoint, save_checkpoint
+    from deepssim.metric import TrainConfig, train_encoder
+    from deepssim.metric import ImageSet, as_pool
 
     cfg = RetrainConfig.from_record(config)
     champion, meta = load_checkpoint(champion_path)
@@ -84,7 +84,7 @@ def train_challenger_task(data: dict, champion_path: str, config: dict, out_path
                             time_budget_s=cfg.time_budget_s, device=cfg.device)
     log, artifact = _progress_logger(cfg.steps)
     torch.manual_seed(cfg.seed)
-    result = train(as_pool(ImageSet.load(data["train"])), as_pool(ImageSet.load(data["val"])), train_cfg,
+    result = train_encoder(as_pool(ImageSet.load(data["train"])), as_pool(ImageSet.load(data["val"])), train_cfg,
                    encoder=encoder, init_state=init, log=log)
     update_progress_artifact(artifact_id=artifact, progress=100.0)
     training = {"init": cfg.init if cfg.init in ("champion", "scratch") else "checkpoint", "parent": parent,
@@ -98,9 +98,9 @@ def train_challenger_task(data: dict, champion_path: str, config: dict, out_path
 @task(name="evaluate-models", persist_result=False)
 def evaluate_models_task(champion_path: str, challenger_path: str, data: dict, config: dict) -> dict:
     """Both models on the same fixed evaluation pairs (and benchmark, when enabled)."""
-    from deepssim.metric.checkpoint import load_checkpoint
-    from deepssim.evaluation.retraining import build_eval_benchmark, evaluate_model, fixed_eval_set, scratch
-    from deepssim.metric.trainingdata import ImageSet
+    from deepssim.metric import load_checkpoint
+    from deepssim.evaluation import build_eval_benchmark, evaluate_model, fixed_eval_set, scratch
+    from deepssim.metric import ImageSet
 
     cfg = RetrainConfig.from_record(config)
     eval_images = ImageSet.load(data["eval"])
@@ -119,8 +119,8 @@ def evaluate_models_task(champion_path: str, challenger_path: str, data: dict, c
 @task(name="record-challenger", persist_result=False)
 def record_challenger_task(db: str, challenger: dict, metrics: dict, decision: dict, wait_s: float) -> None:
     """Register the challenger with its metrics, parent and the decision's reason."""
-    from deepssim.metric.checkpoint import read_meta
-    from deepssim.store.registry import record_model
+    from deepssim.metric import read_meta
+    from deepssim.store import record_model
 
     meta = read_meta(challenger["path"])
     with Store(db, wait_s=wait_s) as store:
@@ -132,9 +132,9 @@ def record_challenger_task(db: str, challenger: dict, metrics: dict, decision: d
 @task(name="reembed-cohorts", persist_result=False)
 def reembed_cohorts_task(db: str, model_path: str, model_id: str, device: str, wait_s: float) -> dict:
     """Embed every registered cohort under ``model_id`` (only what is missing)."""
-    from deepssim.metric.checkpoint import load_checkpoint
-    from deepssim.metric.embed import Embedder
-    from deepssim.store.registry import reembed_cohorts
+    from deepssim.metric import load_checkpoint
+    from deepssim.metric import Embedder
+    from deepssim.store import reembed_cohorts
 
     model, _ = load_checkpoint(model_path)
     embedder = Embedder(model, device=device)
@@ -147,7 +147,7 @@ def reembed_cohorts_task(db: str, model_path: str, model_id: str, device: str, w
 @task(name="promote-model", persist_result=False)
 def promote_task(db: str, model_id: str, reason: str, wait_s: float) -> dict:
     """Switch the champion (refuses when a cohort is not embedded under the model)."""
-    from deepssim.store.registry import promote
+    from deepssim.store import promote
 
     with Store(db, wait_s=wait_s) as store:
         return promote(store, model_id, reason)

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from deepssim.evaluation.calibrate import calibrate_from_benchmark, calibrate_from_cohort
+from deepssim.evaluation.calibrate import calibrate_from_cohort
+from deepssim.evaluation.scoring import calibrate_from_benchmark
 
 
 def synthetic(seed=0, n=300):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deepssim.evaluation.retraining import PromotionRule, RetrainConfig, decide, split_holdout, subject_of
+from deepssim.evaluation.retraining import PromotionRule, RetrainConfig, decide, split_holdout
+from deepssim.evaluation.scoring import subject_of
 
 SAMPLE = Path(__file__).resolve().parents[1] / "deepssim" / "sample_data"
 # tiny but real: a few SGD steps on the sample cohort + two phantom volumes

@@ -96,7 +96,7 @@ def fixed_batch_loss(model: DeepSSIMEncoder, a, b, target, seed: int = 11) -> fl
 
 
 def test_few_training_steps_reduce_loss(pool):
-    from deepssim.metric.train import TrainConfig, train
+    from deepssim.metric.train import TrainConfig, train_encoder
 
     train_pool = pool.select_subjects(TRAIN_SUBJECTS)
     val_pool = pool.select_subjects(VAL_SUBJECTS)
@@ -108,7 +108,7 @@ def test_few_training_steps_reduce_loss(pool):
     config = TrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=30, eval_pairs=48,
                          device="cpu", seed=0)
     logs: list[str] = []
-    result = train(train_pool, val_pool, config, encoder, init_state=init.state_dict(), log=logs.append)
+    result = train_encoder(train_pool, val_pool, config, encoder, init_state=init.state_dict(), log=logs.append)
     after = fixed_batch_loss(result.model, a, b, target)
     assert result.steps == 30 and result.best_step == 30
     assert len(result.history) == 1 and any("step 30/30" in line for line in logs)
@@ -131,12 +131,12 @@ def test_few_training_steps_reduce_loss(pool):
 def test_the_time_budget_stops_training_before_the_schedule_is_fitted_and_progress_is_logged(pool):
     """A budget spent before step 80 (a busy machine) still stops training, and progress
     lines come at least every ``heartbeat_s`` between evaluations."""
-    from deepssim.metric.train import TrainConfig, train
+    from deepssim.metric.train import TrainConfig, train_encoder
 
     config = TrainConfig(steps=10_000, batch_size=8, warmup_steps=5, eval_every=5_000, eval_pairs=16,
                          device="cpu", seed=0, time_budget_s=1.0, heartbeat_s=0.0)
     logs: list[str] = []
-    result = train(pool.select_subjects(TRAIN_SUBJECTS), pool.select_subjects(VAL_SUBJECTS), config,
+    result = train_encoder(pool.select_subjects(TRAIN_SUBJECTS), pool.select_subjects(VAL_SUBJECTS), config,
                    EncoderConfig(), log=logs.append)
     assert result.steps < 80, result.steps
     assert any(line.startswith("time budget 1s spent at step") for line in logs), logs

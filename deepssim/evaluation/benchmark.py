@@ -500,10 +500,10 @@ def tpr_at_fpr(scores: np.ndarray, positive: np.ndarray, max_fpr: float = 0.05) 
 def evaluate(scores: np.ndarray, truth_labels: np.ndarray, thresholds: Thresholds) -> dict:
     """Macro F1, per-class precision/recall (labels from ``thresholds``), duplicate recall
     at >= 95 % precision and TPR at 5 % FPR (duplicate vs rest)."""
-    from deepssim.evaluation.calibrate import LABELS, label_scores, macro_f1
+    from deepssim.evaluation.scoring import LABELS, label_indices, macro_f1
 
     truth = np.array([LABELS.index(t) for t in truth_labels])
-    pred = label_scores(scores, thresholds.similar, thresholds.duplicate)
+    pred = label_indices(scores, thresholds.similar, thresholds.duplicate)
     per_class = {}
     for c, name in enumerate(LABELS):
         tp = np.sum((pred == c) & (truth == c))
@@ -526,13 +526,13 @@ def run_benchmark(bench_dir: str | Path, checkpoint: str | Path | None = None,
     precision/recall, ``dup_recall_at_p95``, ``tpr_at_fpr5``, ``seconds_per_candidate``
     (embedding included for DeepSSIM methods), ``source_hit`` (fraction of planted
     duplicates/similar/neighbours whose best match is their ``nearest_train``) and
-    ``calibrated``: the thresholds :func:`deepssim.evaluation.calibrate.calibrate_from_benchmark`
+    ``calibrated``: the thresholds :func:`deepssim.evaluation.scoring.calibrate_from_benchmark`
     picks on this same benchmark with their macro F1 (in-sample, optimistic: it shows the
     ranking quality of a score whose scale differs from the aligned SSIM, e.g. the
     verification score).
     Writes ``results.json``, ``results.md`` and ``results.png`` into ``out_dir`` if given.
     """
-    from deepssim.evaluation.calibrate import calibrate_from_benchmark
+    from deepssim.evaluation.scoring import calibrate_from_benchmark
 
     data = load_benchmark(bench_dir)
     data.checkpoint, data.verification, data.device = checkpoint, verification, device

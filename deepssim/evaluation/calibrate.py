@@ -20,9 +20,7 @@ import numpy as np
 import pandas as pd
 
 from deepssim.config import Thresholds
-
-LABELS = ("different", "similar", "duplicate")
-
+from deepssim.evaluation.scoring import calibrate_from_benchmark, subject_of
 
 def _nearest_other_subject(embeddings: np.ndarray, subjects: np.ndarray, held: np.ndarray) -> np.ndarray:
     """For each held-out row, the best cosine against rows of subjects not held out."""
@@ -66,74 +64,6 @@ def calibrate_from_cohort(embeddings: np.ndarray, subjects, holdout_fraction: fl
         f"duplicate = q{duplicate_quantile:g} + {margin:g}"))
 
 
-def label_scores(scores: np.ndarray, similar: float, duplicate: float) -> np.ndarray:
-    """Scores (N,) -> int labels (N,): 0 different, 1 similar, 2 duplicate (see LABELS)."""
-    scores = np.asarray(scores)
-    return (scores > similar).astype(int) + (scores > duplicate).astype(int)
-
-
-def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_classes: int = 3) -> float:
-    """Unweighted mean F1 over the classes present in ``truth`` or ``predicted``."""
-    f1s = []
-    for c in range(n_classes):
-        tp = np.sum((truth == c) & (predicted == c))
-        fp = np.sum((truth != c) & (predicted == c))
-        fn = np.sum((truth == c) & (predicted != c))
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s)) if f1s else 0.0
-
-
-def _as_int_labels(labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype.kind in "US O":
-        index = {name: i for i, name in enumerate(LABELS)}
-        return np.array([index[str(v)] for v in labels])
-    return labels.astype(int)
-
-
-def _grid(scores: np.ndarray, steps: int) -> np.ndarray:
-    """Candidate cut points: midpoints between sorted unique scores, thinned to ``steps``."""
-    u = np.unique(scores)
-    cuts = np.concatenate([[u[0] - 1e-6], (u[1:] + u[:-1]) / 2, [u[-1]]])
-    if len(cuts) > steps:
-        cuts = np.unique(np.quantile(cuts, np.linspace(0, 1, steps)))
-    return np.clip(cuts, -1.0, 1.0)
-
-
-def calibrate_from_benchmark(scores, truth_labels, min_duplicate_recall: float = 0.98,
-                             steps: int = 200, name: str = "benchmark") -> Thresholds:
-    """Thresholds maximising macro F1 subject to a duplicate-recall floor.
-
-    Args:
-        scores: (N,) best score per candidate (any method: embedding or verified).
-        truth_labels: (N,) 'different'|'similar'|'duplicate' (or 0/1/2).
-        min_duplicate_recall: the fraction of true duplicates that must score above
-            ``duplicate``; the highest feasible ``duplicate`` cut satisfies it.
-    Returns:
-        Thresholds; ``source`` states the macro F1 and duplicate recall achieved.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    truth = _as_int_labels(truth_labels)
-    is_dup = truth == 2
-    cuts = _grid(scores, steps)
-    best = None
-    for dup_cut in cuts:
-        recall = float(np.mean(scores[is_dup] > dup_cut)) if is_dup.any() else 1.0
-        if recall < min_duplicate_recall:
-            continue
-        for sim_cut in cuts[cuts < dup_cut]:
-            f1 = macro_f1(truth, label_scores(scores, sim_cut, dup_cut))
-            if best is None or f1 > best[0] + 1e-12:
-                best = (f1, float(sim_cut), float(dup_cut), recall)
-    if best is None:
-        raise ValueError("no threshold pair reaches the duplicate-recall floor")
-    f1, sim_cut, dup_cut, recall = best
-    return Thresholds(similar=max(-1.0, sim_cut), duplicate=min(1.0, dup_cut), source=(
-        f"calibrated on {name}: macro F1 {f1:.3f} at duplicate recall {recall:.3f} "
-        f"(floor {min_duplicate_recall:g}, {len(scores)} candidates)"))
-
-
 # --------------------------------------------------------------------------- store round trip
 
 def calibrate_benchmark_dir(bench_dir, checkpoint=None, verification=None,
@@ -171,8 +101,7 @@ def calibrate_store_cohort(store, cohort: str, model_id: str, **kwargs) -> tuple
     row's subject is the first folder of its image id.  These thresholds describe
     honest non-members' *embedding* scores; an audit's fused score (max of embedding and
     verification) is never lower, so they err towards flagging, never towards missing.
-    Subjects follow the same rule as retraining (:func:`deepssim.evaluation.retraining.subject_of`)."""
-    from deepssim.evaluation.retraining import subject_of
+    Subjects follow the same rule as retraining (:func:`deepssim.evaluation.scoring.subject_of`)."""
 
     images = store.cohort_images(cohort)
     emb = store.cohort_embeddings(cohort, model_id)

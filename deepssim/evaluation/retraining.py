@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepssim.evaluation.scoring import subject_of
 from deepssim.metric.trainingdata import ImageSet, phantoms
 
 EVAL_PHANTOM_SEED = 20260611  # constant: the evaluation phantoms never change between runs
@@ -104,25 +105,6 @@ class PromotionRule:
 def criterion(metrics: dict) -> float:
     """Lower is better; see :class:`PromotionRule`."""
     return float(metrics["mae_augmented"]) + max(0.0, 0.98 - float(metrics["copy_rate_gt_0.85"]))
-
-
-# --------------------------------------------------------------------------- subjects
-
-def subject_of(image_id: str, volume_id: str | None = None) -> str:
-    """The subject (the unit never split between training and evaluation) of a stored image.
-
-    Rule: the first POSIX path component of ``image_id`` — a cohort is expected to be
-    registered as one folder per subject (``root/<subject>/...``).  An image directly
-    under the root has no folder: a volume slice then belongs to its volume (the image
-    id without ``#axis=index``), a 2D file is its own subject.  ``volume_id`` is used
-    when it is given and the image id has no folder.
-    """
-    path = image_id.split("#", 1)[0]
-    if "/" in path:
-        return path.split("/", 1)[0]
-    if volume_id:
-        return str(volume_id).split("#", 1)[0]
-    return path
 
 
 def _holdout_key(subject: str) -> float:

@@ -148,7 +148,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(train_pool: ImagePool, val_pool: ImagePool, config: TrainConfig = TrainConfig(),
+def train_encoder(train_pool: ImagePool, val_pool: ImagePool, config: TrainConfig = TrainConfig(),
           encoder: EncoderConfig = EncoderConfig(), init_state: dict | None = None,
           log: Callable[[str], None] = print,
           on_best: Callable[[DeepSSIMEncoder, dict, int], None] | None = None) -> TrainResult:
