@@ -46,7 +46,10 @@ def stored_volume() -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    import SimpleITK as sitk
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise SystemExit("this script writes the fixtures with SimpleITK: pip install SimpleITK==2.5.7") from None
 
     OUT.mkdir(parents=True, exist_ok=True)
     data, affine = stored_volume()
