@@ -51,19 +51,22 @@ def _audit(candidates: Path, db: str, out: Path, **kwargs):
                  settings={**FAST, "verification": {"enabled": False}}, return_state=True, **kwargs)
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
+def _cli(*args, api_url: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([str(DEEPSSIM), *map(str, args)], env={**os.environ, **OFFLINE_ENV}, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **OFFLINE_ENV, **({"PREFECT_API_URL": api_url} if api_url else {})}
+    return subprocess.run([str(DEEPSSIM), *map(str, args)], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def test_two_audits_into_one_folder_are_both_exported_byte_for_byte(store, tmp_path):
+def test_two_cli_audits_into_one_folder_are_both_exported_byte_for_byte(store, tmp_path, prefect_harness):
     out = tmp_path / "out"
-    first = _audit(store["copies"], store["db"], out)
+    common = ["--cohort", "patients", "--db", store["db"], "--out", out, "--no-verify", "--device", "cpu"]
+    first = _cli("audit", store["copies"], *common, api_url=prefect_harness, timeout=300)
+    assert first.returncode == 1, first.stdout + first.stderr  # the copies fail the gate
     written = {name: (out / name).read_bytes() for name in ("summary.json", "verdicts.csv", "report.html")}
-    second = _audit(store["others"], store["db"], out)  # overwrites the folder, as --out does
-    assert first.is_failed() and second.is_completed()
+    second = _cli("audit", store["others"], *common, api_url=prefect_harness, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr  # and replace the folder's files
     first_id = json.loads(written["summary.json"])["run"]["audit_id"]
     listed = _cli("audits", "list", "--db", store["db"])
     assert listed.returncode == 0, listed.stderr

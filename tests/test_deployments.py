@@ -209,6 +209,12 @@ def test_release_gate_and_event_driven_retraining(tmp_path):
         worker_log = (tmp_path / "worker.log").read_text(errors="replace")
         assert "Traceback" not in worker_log and "unexpected exception" not in worker_log, worker_log[-3000:]
         assert "gate verdict (not an error)" in worker_log
+        # a real error (unknown cohort) still fails the run with its traceback in the log
+        broken = api.post(f"/deployments/{gate['id']}/create_flow_run",
+                          {"parameters": {**params, "cohort": "no-such-cohort"}})
+        assert _wait_terminal(api, broken["id"], 300)["state_type"] == "FAILED"
+        _wait(lambda: "Traceback" in (tmp_path / "worker.log").read_text(errors="replace"), 30,
+              "the error run's traceback in the worker log")
         summary = json.loads((folders[0] / "summary.json").read_text())
         assert summary["verdict"] == "fail" and summary["counts"]["duplicate"] >= 1
         artifacts = api.artifacts(run["id"])
