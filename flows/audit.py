@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from deepssim.config import AuditSettings
-from deepssim.audit import image_ref, point_latest, prune_run_folders, run_folder_name, summary_text, write_summary
-from deepssim.audit import ok_rows, read_manifest
+from deepssim.audit import (image_ref, ok_rows, point_latest, prune_run_folders, read_manifest, run_folder_name,
+                            summary_text, write_summary)
 from tasks.audit import gate_task, verify_task
 from tasks.dashboard import publish_dashboard_task
 from tasks.ingest import validate_task
@@ -121,7 +121,8 @@ def _outcome(summary: dict, files: dict, exit_code: int) -> dict:
 
 
 def _failure_message(summary: dict, duplicates: list[str]) -> str:
-    """The Failed state's message: verdict, reason and the ids of the worst duplicates."""
+    """The Failed state's message: verdict, reason, the refs of the worst duplicates and
+    the audit id."""
     message = f"DeepSSIM gate {summary['verdict'].upper()}: {summary['reason']}"
     if duplicates:  # opaque refs: a run's state is shown everywhere the UI is
         more = summary["counts"].get("duplicate", len(duplicates)) - len(duplicates)

@@ -41,15 +41,15 @@ def write_outputs_task(out_dir: str, summary: dict, verdicts_path: str | None, v
     return {k: str(v) for k, v in files.items()}
 
 
-def _aligned_views(candidate: np.ndarray, reference: np.ndarray, settings: AuditSettings) -> dict:
-    """The training image carried into the candidate's frame and their difference, as PNGs
-    (a flipped or rotated copy then looks like what it is); {} when the alignment is not a
-    verified one.  Re-runs the verification of this one pair (evidence pairs only)."""
-    from deepssim.audit import aligned_reference, verify_pair
+def _aligned_views(candidate: np.ndarray, reference: np.ndarray, row) -> dict:
+    """The training image carried into the candidate's frame by the alignment that decided
+    the row's score, and their difference, as PNGs (a flipped or rotated copy then looks like
+    what it is); {} when no verified alignment decided it."""
+    from deepssim.audit import aligned_reference, alignment_of
     from governance_reports.images import png_bytes
 
-    alignment = verify_pair(candidate, reference, settings.verification)
-    if not alignment.verified or not np.isfinite(alignment.score):
+    alignment = alignment_of(row)
+    if alignment is None:
         return {}
     aligned = aligned_reference(reference, alignment)
     return {"aligned_png": png_bytes(aligned), "difference_png": png_bytes(np.abs(candidate - aligned) * 2.0)}
@@ -69,7 +69,7 @@ def _evidence(verdicts: pd.DataFrame, pixels_path: str | None, search: dict, set
     rows = []
     for r, ref in zip(top.itertuples(), refs):
         candidate, ref = np.asarray(pixels[int(r.row)], np.float32), np.asarray(ref, np.float32)
-        aligned = _aligned_views(candidate, ref, settings) if bool(r.verified) else {}
+        aligned = _aligned_views(candidate, ref, r)
         rows.append({"candidate_id": r.image_id, "candidate_png": png_bytes(candidate), "nearest_id": r.nearest_id,
                      "nearest_png": png_bytes(ref), "score": float(r.score), "embedding_score": float(r.embedding_score),
                      "label": r.label, "alignment": r.alignment, **aligned})

@@ -12,7 +12,6 @@ byte-identical files apart from ``summary.json``'s ``run`` block.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,10 +37,9 @@ def image_ref(image_id: str) -> str:
     salted SHA-256 (``$DEEPSSIM_ID_SALT``, as DICOM series names use), 12 hex digits.  Ids
     hold paths and subject folder names (often patient codes); the local report and the CSVs
     show both, so a ref is looked up there."""
-    from deepssim.io.dicom import DEFAULT_SALT
+    from deepssim.io.dicom import series_hash
 
-    salt = os.environ.get("DEEPSSIM_ID_SALT", DEFAULT_SALT)
-    return "ref-" + hashlib.sha256(f"{salt}\x00image\x00{image_id}".encode()).hexdigest()[:12]
+    return "ref-" + series_hash(f"image\x00{image_id}")[:12]
 
 
 def package_versions() -> dict[str, str]:

@@ -95,14 +95,17 @@ def _prefetched(pixels: np.ndarray, rows: np.ndarray, starts: range, batch_size:
 @dataclass
 class Verified:
     """Per candidate: final score, index (into the cohort order) of the best match,
-    whether verification ran, the alignment found, and the verification score alone
-    (NaN where verification did not run)."""
+    whether verification ran, the alignment found (its description, and the
+    :class:`~deepssim.audit.verify.Alignment` itself where it decided the score and the
+    nearest image, else None), and the verification score alone (NaN where verification did
+    not run)."""
 
     score: np.ndarray
     nearest: np.ndarray
     verified: np.ndarray
     alignment: list[str]
     verification_score: np.ndarray | None = None
+    alignments: list | None = None
 
 
 def fuse_scores(embedding: np.ndarray, verification: np.ndarray, fusion: str) -> np.ndarray:
@@ -146,9 +149,9 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
     nearest = emb_index[:, 0].copy() if q else np.zeros(0, np.int64)
     verified = np.zeros(q, dtype=bool)
     ver_score = np.full(q, np.nan)
-    alignment = [""] * q
+    alignment, alignments = [""] * q, [None] * q
     if not config.enabled:
-        return Verified(score, nearest, verified, alignment, ver_score)
+        return Verified(score, nearest, verified, alignment, ver_score, alignments)
     todo = np.flatnonzero(emb_scores[:, 0] >= config.floor) if q else np.zeros(0, np.int64)
     jobs = ((np.asarray(candidates[i], np.float32),
              load_references(emb_index[i, :config.neighbours_to_verify(emb_scores[i])]), config) for i in todo)
@@ -162,10 +165,10 @@ def verify_neighbours(candidates: np.ndarray, emb_scores: np.ndarray, emb_index:
         if score[i] > ver_score[i]:  # the learned score won the fusion
             alignment[i] = f"learned score {score[i]:.3f} (best aligned SSIM only {ver_score[i]:.3f})"
         else:
-            nearest[i], alignment[i] = emb_index[i, best], results[best].transform
+            nearest[i], alignment[i], alignments[i] = emb_index[i, best], results[best].transform, results[best]
         if progress:
             progress(done, len(todo))
-    return Verified(score, nearest, verified, alignment, ver_score)
+    return Verified(score, nearest, verified, alignment, ver_score, alignments)
 
 
 def _verify_job(job: tuple[np.ndarray, np.ndarray, VerificationConfig]) -> list:
@@ -177,6 +180,33 @@ def _verify_job(job: tuple[np.ndarray, np.ndarray, VerificationConfig]) -> list:
 
 
 # ----------------------------------------------------------------------------- verdicts
+ALIGNMENT_COLUMNS = ("align_flip", "align_turns", "align_degrees", "align_scale", "align_dy", "align_dx")
+
+
+def alignment_columns(alignments: list) -> dict[str, list]:
+    """The geometry of each deciding alignment (NaN where none) as columns of the internal
+    verdict table, so the report can show the training image in the candidate's frame
+    without verifying again."""
+    def row(a):
+        if a is None:
+            return (np.nan,) * len(ALIGNMENT_COLUMNS)
+        return (float(a.dihedral[0]), float(a.dihedral[1]), a.degrees, a.scale, *a.shift)
+    return dict(zip(ALIGNMENT_COLUMNS, map(list, zip(*map(row, alignments))))) if alignments else \
+        {c: [] for c in ALIGNMENT_COLUMNS}
+
+
+def alignment_of(row) -> "object | None":
+    """The :class:`~deepssim.audit.verify.Alignment` an internal verdict row recorded, or None."""
+    from deepssim.audit.verify import Alignment
+
+    values = [getattr(row, c, np.nan) for c in ALIGNMENT_COLUMNS]
+    if any(pd.isna(v) for v in values):
+        return None
+    flip, turns, degrees, scale, dy, dx = values
+    return Alignment(score=float("nan"), transform="", dihedral=(bool(flip), int(turns)), degrees=float(degrees),
+                     scale=float(scale), shift=(float(dy), float(dx)))
+
+
 def verdict_table(candidates: pd.DataFrame, emb_scores: np.ndarray, result: Verified,
                   cohort_images: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
     """The per-candidate result table (one row per audited image, contract columns first)."""
@@ -194,6 +224,7 @@ def verdict_table(candidates: pd.DataFrame, emb_scores: np.ndarray, result: Veri
         "volume_id": candidates["volume_id"].to_numpy() if "volume_id" in candidates else None,
         "row": candidates["row"].to_numpy(),
         "nearest_index": result.nearest,
+        **alignment_columns(result.alignments or [None] * len(result.nearest)),
     })
     table["volume_id"] = blank_to_none(table["volume_id"])
     return table.sort_values("image_id", kind="stable").reset_index(drop=True)

@@ -49,7 +49,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def series_hash(uid: str) -> str:
-    """Salted SHA-256 (hex) of a SeriesInstanceUID; salt from ``$DEEPSSIM_ID_SALT``."""
+    """Salted SHA-256 (hex) of a SeriesInstanceUID (or any identifier that must not be shown:
+    :func:`deepssim.audit.outputs.image_ref`); salt from ``$DEEPSSIM_ID_SALT``."""
     salt = os.environ.get("DEEPSSIM_ID_SALT", DEFAULT_SALT)
     return hashlib.sha256(f"{salt}\x00{uid}".encode()).hexdigest()
 

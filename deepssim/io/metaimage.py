@@ -23,7 +23,7 @@ import numpy as np
 from ..config import IngestConfig
 from . import errors
 from .errors import QuarantineError
-from .orientation import LPS_TO_RAS, affine_from_axes, complete_axes, pick_volume, to_canonical
+from .orientation import LPS_TO_RAS, oriented_volume
 from .payload import Payload, read_payload
 from .sources import Source, Unit, check_pixels
 
@@ -144,9 +144,8 @@ def read_metaimage(unit: Unit, config: IngestConfig) -> Iterator[Source]:
     with np.errstate(all="ignore"):
         steps[:, :n_space] = matrix[:n_space, :n_space] * spacing[:n_space, None]
     spatial = [False] + [True] * n_space + [False] * (ndims - n_space)
-    volume = pick_volume(data, spatial, config)
     world_origin = np.zeros(3)
     world_origin[:n_space] = origin[:n_space]
-    volume, mm = to_canonical(volume, affine_from_axes(complete_axes(steps), world_origin, LPS_TO_RAS))
+    volume, mm = oriented_volume(data, spatial, steps, world_origin, LPS_TO_RAS, config)
     yield Source(unit.base_id, str(path), "metaimage", volume, is_volume=True, spacing=mm, display=True,
                  may_be_hu=True)

@@ -2,8 +2,9 @@
 
 Volumes are brought to the closest canonical orientation (``nib.as_closest_canonical``:
 voxel axes x→R, y→A, z→S) so that slice axis 2 is axial whatever the scanner wrote.
-Both formats carry a voxel→RAS affine, so both take this one path.  A 4D file needs ``IngestConfig.volume_index`` (which volume of the series to audit); only
-that volume is read from disk.  Scaling (``scl_slope``/``scl_inter``) is applied; the
+Both formats carry a voxel→RAS affine, so both take this one path.  A 4D file needs
+``IngestConfig.volume_index`` (which volume of the series to audit); only that volume is
+read from disk.  Scaling (``scl_slope``/``scl_inter``) is applied; the
 native dtype is kept when there is none.
 """
 from __future__ import annotations

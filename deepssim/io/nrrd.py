@@ -25,7 +25,7 @@ import numpy as np
 from ..config import IngestConfig
 from . import errors
 from .errors import QuarantineError
-from .orientation import LPS_TO_RAS, affine_from_axes, complete_axes, pick_volume, to_canonical
+from .orientation import LPS_TO_RAS, oriented_volume
 from .payload import Payload, read_payload
 from .quiet import quiet
 from .sources import Source, Unit, check_pixels
@@ -166,10 +166,6 @@ def read_nrrd(unit: Unit, config: IngestConfig) -> Iterator[Source]:
     dtype = _dtype(header)
     flat = read_payload(_payload(header, offset, unit, dtype, count))
     data = flat.reshape(sizes[::-1]).T  # NRRD's first axis varies fastest
-    spatial, steps, origin, to_ras = _frame(header, len(sizes))
-    if len(steps) not in (2, 3):
-        raise QuarantineError(errors.TOO_MANY_DIMS.format(shape="x".join(map(str, sizes))))
-    volume = pick_volume(data, spatial, config)
-    volume, spacing = to_canonical(volume, affine_from_axes(complete_axes(steps), origin, to_ras))
+    volume, spacing = oriented_volume(data, *_frame(header, len(sizes)), config)
     yield Source(unit.base_id, str(path), "nrrd", volume, is_volume=True, spacing=spacing, display=True,
                  may_be_hu=True)

@@ -18,7 +18,7 @@ from .errors import QuarantineError
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def affine_from_axes(directions: np.ndarray, origin: np.ndarray, to_ras: np.ndarray) -> np.ndarray:
+def _affine_from_axes(directions: np.ndarray, origin: np.ndarray, to_ras: np.ndarray) -> np.ndarray:
     """(4, 4) voxel→RAS affine from ``directions`` (3, 3): row i = world step of voxel axis
     i (spacing included), ``origin`` (3,) and ``to_ras`` (3, 3): world space → RAS."""
     affine = np.eye(4)
@@ -28,7 +28,7 @@ def affine_from_axes(directions: np.ndarray, origin: np.ndarray, to_ras: np.ndar
     return affine
 
 
-def complete_axes(directions: np.ndarray) -> np.ndarray:
+def _complete_axes(directions: np.ndarray) -> np.ndarray:
     """(2|3, 3) axis directions -> (3, 3): a 2D image's missing axis is its unit normal."""
     directions = np.asarray(directions, float)
     if directions.shape[0] == 3:
@@ -78,3 +78,12 @@ def pick_volume(data: np.ndarray, spatial: list[bool], config: IngestConfig) -> 
         spatial = spatial[:axis] + spatial[axis + 1:]
     data = data.reshape([n for n, s in zip(data.shape, spatial) if s])
     return data[:, :, None] if data.ndim == 2 else data
+
+
+def oriented_volume(data: np.ndarray, spatial: list[bool], steps: np.ndarray, origin: np.ndarray,
+                    to_ras: np.ndarray, config: IngestConfig) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A header-described array to the canonical frame: :func:`pick_volume`, then the affine
+    from the spatial axes' world ``steps`` (n_spatial, 3), ``origin`` (3,) and ``to_ras``
+    (world → RAS), then :func:`to_canonical`.  Returns (voxels, spacing in mm)."""
+    volume = pick_volume(data, spatial, config)
+    return to_canonical(volume, _affine_from_axes(_complete_axes(steps), origin, to_ras))
