@@ -7,7 +7,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["score_histogram_png"]
+__all__ = ["score_histogram_png", "memorization_png", "score_agreement_png"]
 
 _GREY, _AMBER, _RED = "#9aa5b1", "#d99a1e", "#c0392b"
 
@@ -84,8 +84,57 @@ def score_histogram_png(scores: Iterable, similar: float | None, duplicate: floa
     ax.tick_params(labelsize=11)
     ax.set_xlim(edges[0], edges[-1])
     ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     # No metadata: matplotlib otherwise writes its version and home-page URL into the PNG.
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
+
+
+def memorization_png(copies: list[int], memorized_fraction: list[float], sample_share: list[float]) -> bytes:
+    """Two bars per duplication level: the share of its training images the generator
+    reproduced (at least one sample labelled duplicate) and the share of all samples that
+    are copies of them."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.2), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(copies))
+    ax.bar(x - 0.2, np.asarray(memorized_fraction) * 100, 0.4, color=_RED, label="training images copied")
+    ax.bar(x + 0.2, np.asarray(sample_share) * 100, 0.4, color=_GREY, label="samples that are copies of them")
+    ax.set_xticks(x, [f"{c}×" for c in copies])
+    ax.set_xlabel("times the image appears in the generator's training set", fontsize=12)
+    ax.set_ylabel("%", fontsize=12)
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=10, frameon=False, loc="upper left")
+    ax.tick_params(labelsize=11)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def score_agreement_png(label_ssim: Iterable, gate_score: Iterable, similar: float, duplicate: float) -> bytes | None:
+    """The gate's score against the label SSIM, one dot per sample, thresholds drawn on both axes."""
+    from matplotlib.figure import Figure
+
+    x, y = np.asarray(list(label_ssim), float), np.asarray(list(gate_score), float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    fig = Figure(figsize=(4.8, 4.8), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    lo = min(0.0, float(x[ok].min()), float(y[ok].min()))
+    ax.plot([lo, 1], [lo, 1], color="#cbd2d9", linewidth=1)
+    for cut, colour in ((similar, _AMBER), (duplicate, _RED)):
+        ax.axvline(cut, color=colour, linestyle="--", linewidth=1)
+        ax.axhline(cut, color=colour, linestyle="--", linewidth=1)
+    ax.scatter(x[ok], y[ok], s=12, color="#334e68", alpha=0.7)
+    ax.set_xlabel("label: SSIM through the generator's grid", fontsize=11)
+    ax.set_ylabel("gate score", fontsize=11)
+    ax.set_xlim(lo, 1.01)
+    ax.set_ylim(lo, 1.01)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)

@@ -275,9 +275,12 @@ def render_html(context: Mapping) -> str:
 
 def render_report(context: dict, out_path: Path) -> Path:
     """Render the audit report to ``out_path`` (written atomically) and return the path."""
-    out_path = Path(out_path)
+    return write_atomically(render_html(context), Path(out_path))
+
+
+def write_atomically(html: str, out_path: Path) -> Path:
+    """Write ``html`` to ``out_path`` so that a reader never sees half a page."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    html = render_html(context)
     # Written beside the target then renamed, so a reader never sees half a report; a
     # plain open() keeps the usual umask-derived permissions (mkstemp would give 0600).
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")

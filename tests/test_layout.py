@@ -11,10 +11,10 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("metric", "audit", "store", "evaluation")
+PACKAGES = ("metric", "audit", "store", "evaluation", "generative")
 # lower rank = lower layer; a module imports its own package or strictly lower ranks only
 RANK = {"config": 0, "preprocess": 0, "_exports": 0, "io": 1, "metric": 2, "store": 3, "audit": 3,
-        "evaluation": 4, "api": 4}
+        "generative": 3, "evaluation": 4, "api": 4}
 
 
 def _module_name(path: Path) -> str:
