@@ -110,7 +110,11 @@ class VerificationConfig:
     image mostly shows in the luminance term); ``smoothing``: common Gaussian smoothing
     (px) of both images before SSIM (0: none — smoothing both raised every non-copy's
     score); ``blur_sigmas``: blur levels (px) tried on the training image, the copy may be
-    smoother than its source; ``fusion``: how the verification score and the
+    smoother than its source; ``grid_factors``: coarser grids (1/f of the side) a training
+    image is resampled through, like a generator working at its own resolution makes its
+    samples, tried only when the candidate keeps at most ``band_limit_ratio`` of the detail
+    such a grid removes from its references (the gate measures the candidate's resolution,
+    it is never told it); ``fusion``: how the verification score and the
     embedding score make the final score ("max" | "verification", see
     ``deepssim.audit.pipeline.fuse_scores``).  ``workers``: processes verifying candidates side
     by side (0: one per CPU core, at most 8; 1: in the calling process), see
@@ -133,6 +137,10 @@ class VerificationConfig:
     terms: str = "ssim"
     smoothing: float = 0.0
     blur_sigmas: tuple[float, ...] = (0.0, 0.5, 0.8, 1.1, 1.5)
+    # a generator's grid, as a fraction of the image side: tried only on candidates that are
+    # band-limited to it (deepssim.audit.verify._band_limited_factors); () turns it off
+    grid_factors: tuple[float, ...] = (2.0, 3.0, 4.0)
+    band_limit_ratio: float = 0.4
     # the verified score alone found every planted duplicate of the held-out benchmarks
     # (BENCHMARKS.md, "Detection quality"); "max" with the embedding score only added
     # similar images called duplicates

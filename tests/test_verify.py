@@ -287,3 +287,44 @@ def test_gpu_verification_matches_the_cpu():
     for a, b in zip(cpu, gpu):
         if a.verified:
             assert b.score == pytest.approx(a.score, abs=2e-3) and b.dihedral == a.dihedral
+
+
+def _generated_copy(image: np.ndarray, grid: int, noise: float, seed: int = 0) -> np.ndarray:
+    """What a generator working at ``grid`` px that memorized ``image`` samples: the image on
+    its grid, with the generator's own noise there, up-sampled back (8-bit, like a PNG)."""
+    from deepssim.generative import from_grid, to_grid
+
+    small = to_grid(image, grid) + np.random.default_rng(seed).normal(0, noise, (grid, grid)).astype(np.float32)
+    return (np.round(np.clip(from_grid(small, image.shape), 0, 1) * 255) / 255).astype(np.float32)
+
+
+@pytest.mark.parametrize("grid", [64, 32])
+def test_memorized_sample_of_a_low_resolution_generator_scores_its_grid_ssim(grid):
+    from deepssim.generative import through_grid
+
+    ref = load("colin27", 90)
+    sample = _generated_copy(ref, grid, noise=0.02)
+    label = reference_ssim(sample, through_grid(ref, grid))  # the generator-grid label
+    assert label > 0.85 and reference_ssim(sample, ref) < label - 0.05  # full resolution under-scores it
+    result = verify_pair(sample, ref)
+    assert abs(result.score - label) < 0.03, result.transform
+    assert result.score > 0.85
+    if grid == 32:  # beyond the Gaussian blur levels: only the grid explains it
+        assert "grid" in result.transform
+        assert verify_pair(sample, ref, VerificationConfig(grid_factors=())).score < label - 0.05
+
+
+def test_full_resolution_candidates_are_never_compared_through_a_coarser_grid():
+    from scipy.ndimage import gaussian_filter
+
+    from deepssim.audit.verify import _band_limited_factors
+
+    refs = torch.tensor(np.stack([load("colin27", i) for i in (60, 90, 120)]))[:, None]
+    rng = np.random.default_rng(0)
+    blurred_noisy = gaussian_filter(load("colin27", 90), 1.1) + rng.normal(0, 0.03, (128, 128))
+    config = VerificationConfig()
+    for full_resolution in (load("colin27", 91), load("colin27", 30),
+                            np.clip(blurred_noisy, 0, 1).astype(np.float32)):
+        assert _band_limited_factors(torch.tensor(full_resolution)[None, None], refs, config) == ()
+    sample = torch.tensor(_generated_copy(load("colin27", 90), 32, noise=0.02))[None, None]
+    assert 4.0 in _band_limited_factors(sample, refs, config)

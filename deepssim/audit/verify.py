@@ -35,7 +35,11 @@ of the training image:
    a structural edit's pixels are down-weighted), and the training image is mapped
    through it; the training image's own photometry is scored too, and the better kept;
 4. **blur**: the mapped image is blurred by each of ``blur_sigmas`` (the copy may be
-   smoother than its source) and the best is kept;
+   smoother than its source) and, when the candidate is band-limited like an image
+   up-sampled from a coarser grid (a generator working at its own, lower resolution:
+   :func:`_band_limited_factors`), resampled through each such grid (``grid_factors``:
+   down to 1/f of its side, area-averaged, and back up bilinearly — what a generator's
+   memorized sample is); the best is kept;
 5. **noise**: the candidate's white-noise variance is estimated (robust MAD of a
    Laplacian-difference filter) and subtracted from its local variances inside the SSIM
    formula, so additive noise does not count as a structural difference;
@@ -47,7 +51,7 @@ of the training image:
    images** (:func:`_photometric_refine`: the candidate brought into the reference's
    photometry, the reference blurred to the level found) and re-scored.
 
-It is the maximum over the hypotheses kept, the two photometries and the blur levels,
+It is the maximum over the hypotheses kept, the two photometries and the softenings,
 clipped to [-1, 1]: the SSIM of the best explanation "the candidate is this training
 image seen through a nuisance transform".  A structural edit (deformation, blend,
 replaced patch) is none of these nuisances and keeps lowering the score, which is what
@@ -108,6 +112,7 @@ class Alignment:
     blur_sigma: float = 0.0
     noise_sd: float = 0.0
     verified: bool = True
+    grid_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,44 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, k.view(1, 1, 1, -1))
     return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+def _grid_resample(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """(B, 1, S, S) through a grid of side S / ``factor``: down (area-averaged), back up bilinearly."""
+    size = x.shape[-1]
+    side = max(4, int(round(size / factor)))
+    down = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(down, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _grid_residual(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Energy a grid of 1/``factor`` resolution loses, relative to each image's variance (B,)."""
+    lost = (x - _grid_resample(x, factor)).pow(2).flatten(1).mean(1)
+    return lost / x.flatten(1).var(1).clamp_min(1e-12)
+
+
+def _band_limited_factors(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) -> tuple[float, ...]:
+    """The ``grid_factors`` through which the candidate (1, 1, S, S) passes almost unchanged
+    compared with its references (k, 1, S, S): it keeps at most ``band_limit_ratio`` of the
+    detail such a grid removes from the median reference.  A candidate made at full
+    resolution (any planted copy, edit or other subject scanned like the cohort) keeps more
+    and is never compared through a coarser grid; one up-sampled from a generator's grid
+    keeps little.  Measured, not told: the gate never knows the generator's resolution."""
+    factors = []
+    for factor in config.grid_factors:
+        ratio = _grid_residual(cand, factor)[0] / _grid_residual(refs, factor).median().clamp_min(1e-12)
+        if float(ratio) <= config.band_limit_ratio:
+            factors.append(float(factor))
+    return tuple(factors)
+
+
+def _soften(x: torch.Tensor, softening: tuple[str, float], tau: float) -> torch.Tensor:
+    """A training image made as smooth as its copy may be: ``("blur", sigma)`` or
+    ``("grid", factor)``, then the common smoothing ``tau``."""
+    kind, value = softening
+    if kind == "grid":
+        return _gaussian_blur(_grid_resample(x, value), tau)
+    return _gaussian_blur(x, math.hypot(value, tau))
 
 
 def _noise_gain(sigma: float) -> float:
@@ -650,7 +693,8 @@ def _select(rows: _Rows, scores: torch.Tensor, per_reference: int, references: i
     return (torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)), best
 
 
-def describe(h: _Hypothesis, shift: tuple[float, float], blur_sigma: float = 0.0, noise: float = 0.0) -> str:
+def describe(h: _Hypothesis, shift: tuple[float, float], blur_sigma: float = 0.0, noise: float = 0.0,
+             grid_factor: float = 1.0) -> str:
     """Readable candidate -> reference transform and the nuisances modelled."""
     parts = []
     if h.flip:
@@ -666,6 +710,8 @@ def describe(h: _Hypothesis, shift: tuple[float, float], blur_sigma: float = 0.0
     parts.append("gamma+shading fitted")
     if blur_sigma:
         parts.append(f"blur {blur_sigma:g} px")
+    if grid_factor != 1.0:
+        parts.append(f"resampled through a 1/{grid_factor:g} grid")
     if noise >= 0.002:
         parts.append(f"noise sd {noise:.3f}")
     return ", ".join(parts)
@@ -693,29 +739,34 @@ def _equalise(x: torch.Tensor, bins: int = EQUALISE_BINS) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _CandidateView:
-    """What the final score needs of the candidate alone, computed once per pair:
+    """What the final score needs of the candidate alone, computed once per candidate:
     the image (1, 1, S, S), its non-saturated pixels, its view after the common
-    ``smoothing`` and its estimated noise sd."""
+    ``smoothing``, its estimated noise sd and the softenings a training image is tried
+    under (``("blur", sigma)`` for each of ``blur_sigmas``, ``("grid", factor)`` for each
+    grid the candidate is band-limited to)."""
 
     image: torch.Tensor
     observed: torch.Tensor
     smoothed: torch.Tensor
     noise: float
+    softenings: tuple[tuple[str, float], ...]
 
 
-def _candidate_view(cand: torch.Tensor, config: VerificationConfig) -> _CandidateView:
+def _candidate_view(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) -> _CandidateView:
     observed = cand < SATURATED
     # clipping at 0 or 1 hides noise: estimate it where a pixel's 3×3 neighbourhood is unclipped
     unclipped = observed & (cand > 0.5 / 255)
     noise = noise_sd(cand, -F.max_pool2d(-unclipped.float(), 3, stride=1, padding=1) > 0.5)
-    return _CandidateView(cand, observed, _gaussian_blur(cand, config.smoothing), noise)
+    softenings = tuple(("blur", float(s)) for s in config.blur_sigmas) \
+        + tuple(("grid", f) for f in _band_limited_factors(cand, refs, config))
+    return _CandidateView(cand, observed, _gaussian_blur(cand, config.smoothing), noise, softenings)
 
 
 def _score(view: _CandidateView, refs: torch.Tensor, hyps: list[_Hypothesis], degrees: torch.Tensor,
            scales: torch.Tensor, shifts: torch.Tensor, config: VerificationConfig,
-           blur_sigmas: tuple[float, ...] | None = None) -> torch.Tensor:
-    """Final scores (H, len(blur_sigmas)) of each hypothesis and blur level (module
-    docstring, steps 2–6; ``blur_sigmas`` defaults to the config's).  ``refs``: the
+           softenings: tuple[tuple[str, float], ...] | None = None) -> torch.Tensor:
+    """Final scores (H, len(softenings)) of each hypothesis and softening (module
+    docstring, steps 2–6; ``softenings`` defaults to the view's).  ``refs``: the
     reference of each hypothesis (H, 1, S, S), or one (1, 1, S, S) for all."""
     warped, valid = _reference_in_candidate_frame(refs, hyps, degrees, scales, shifts)
     valid = valid & view.observed
@@ -728,17 +779,17 @@ def _score(view: _CandidateView, refs: torch.Tensor, hyps: list[_Hypothesis], de
     tau = config.smoothing
     cand_view = view.smoothed.expand(2 * n, -1, -1, -1)
     noise_var = view.noise ** 2 * _noise_gain(tau)
-    columns = [masked_ssim(_gaussian_blur(both, math.hypot(sigma, tau)), cand_view, valid2, config.terms, noise_var)
-               for sigma in (config.blur_sigmas if blur_sigmas is None else blur_sigmas)]
+    columns = [masked_ssim(_soften(both, softening, tau), cand_view, valid2, config.terms, noise_var)
+               for softening in (view.softenings if softenings is None else softenings)]
     scores = torch.stack(columns, 1)
     return torch.maximum(scores[:n], scores[n:]).clamp(-1.0, 1.0)
 
 
 def _score_rows(view: _CandidateView, refs: torch.Tensor, rows: _Rows, config: VerificationConfig,
-                blur_sigmas: tuple[float, ...] | None = None) -> torch.Tensor:
+                softenings: tuple[tuple[str, float], ...] | None = None) -> torch.Tensor:
     """:func:`_score` of each row (full-resolution shifts) against its reference."""
     hyps = [rows.hypothesis(i) for i in range(len(rows))]
-    return _score(view, refs[rows.ref], hyps, rows.degrees, rows.scales, rows.shifts, config, blur_sigmas)
+    return _score(view, refs[rows.ref], hyps, rows.degrees, rows.scales, rows.shifts, config, softenings)
 
 
 def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, scores: torch.Tensor,
@@ -746,11 +797,11 @@ def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, s
     """Refine each row's alignment once more at full resolution on the objective the final
     score measures: the candidate is brought into its reference's photometry (the inverse
     of the gamma + shading fitted at the row's alignment), the reference blurred to the
-    row's best blur level, and Gauss–Newton aligns the two
+    row's best softening, and Gauss–Newton aligns the two
     (``config.photometric_refine_steps`` iterations).  The
     search before it aligns rank-equalised images, on which a strong shading moves the
     optimum; this step moves it back.  A row keeps its old alignment unless the new one
-    scores higher.  ``scores``: the rows' (m, len(blur_sigmas)) final scores."""
+    scores higher.  ``scores``: the rows' (m, len(view.softenings)) final scores."""
     hyps = [rows.hypothesis(i) for i in range(len(rows))]
     warped, valid = _reference_in_candidate_frame(refs[rows.ref], hyps, rows.degrees, rows.scales, rows.shifts)
     gamma, field, enough = _photometric_coefficients(view.image, warped, valid & view.observed)
@@ -758,7 +809,7 @@ def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, s
     in_reference_photometry = torch.exp((log_c - field) / gamma).clamp(0, 1).view(-1, 1, *view.image.shape[-2:])
     moving = torch.cat([_dihedral(in_reference_photometry[i:i + 1], h.flip, h.turns) for i, h in enumerate(hyps)])
     level = scores.argmax(1)
-    target = torch.cat([_gaussian_blur(refs[int(j):int(j) + 1], config.blur_sigmas[int(lv)])
+    target = torch.cat([_soften(refs[int(j):int(j) + 1], view.softenings[int(lv)], 0.0)
                         for j, lv in zip(rows.ref, level)])
     refined, _ = _gauss_newton(moving, target, rows, config.photometric_refine_steps)
     new_scores = _score_rows(view, refs, refined, config)
@@ -823,15 +874,16 @@ def _best_per_reference(scores: torch.Tensor, rows: _Rows) -> torch.Tensor:
     return torch.tensor([best[j] for j in sorted(best)], dtype=torch.long)
 
 
-def _alignment(rows: _Rows, i: int, scores: torch.Tensor, config: VerificationConfig, noise: float) -> Alignment:
+def _alignment(rows: _Rows, i: int, scores: torch.Tensor, view: _CandidateView) -> Alignment:
     level = int(scores.argmax())
     h = rows.hypothesis(i)
     h = _Hypothesis(h.flip, h.turns, round(h.degrees, 1), round(h.scale, 3))
     shift = (float(rows.shifts[i, 0]), float(rows.shifts[i, 1]))
-    blur = float(config.blur_sigmas[level])
-    return Alignment(score=float(scores[level]), transform=describe(h, shift, blur, noise),
+    kind, value = view.softenings[level]
+    blur, grid = (value, 1.0) if kind == "blur" else (0.0, value)
+    return Alignment(score=float(scores[level]), transform=describe(h, shift, blur, view.noise, grid),
                      dihedral=(h.flip, h.turns), degrees=h.degrees, scale=h.scale, shift=shift,
-                     blur_sigma=blur, noise_sd=round(noise, 4))
+                     blur_sigma=blur, noise_sd=round(view.noise, 4), grid_factor=grid)
 
 
 def _not_verified(score: float, best: float) -> Alignment:
@@ -842,8 +894,8 @@ def _not_verified(score: float, best: float) -> Alignment:
 def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: VerificationConfig) -> list[Alignment]:
     """:func:`verify_candidate` on tensors with no constant image."""
     rows, ref_scores = _search(cand, refs, config)
-    view = _candidate_view(cand, config)
-    first = _score_rows(view, refs, rows, config, config.blur_sigmas[:1])[:, 0]
+    view = _candidate_view(cand, refs, config)
+    first = _score_rows(view, refs, rows, config, view.softenings[:1])[:, 0]
     rows = rows.take(_best_per_reference(first, rows))
     scores = _score_rows(view, refs, rows, config)
     close = torch.nonzero(scores.amax(1) >= scores.amax() - PHOTOMETRIC_MARGIN).flatten()
@@ -851,9 +903,9 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     top = float(torch.nan_to_num(ref_scores, nan=-2.0).max())
     out = [_not_verified(float(s), top) for s in ref_scores]
     for i in range(len(rows)):
-        out[int(rows.ref[i])] = _alignment(rows, i, scores[i], config, view.noise)
+        out[int(rows.ref[i])] = _alignment(rows, i, scores[i], view)
     for n, i in enumerate(close.tolist()):
-        out[int(rows.ref[i])] = _alignment(polished, n, polished_scores[n], config, view.noise)
+        out[int(rows.ref[i])] = _alignment(polished, n, polished_scores[n], view)
     return out
 
 
