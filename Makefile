@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install benchmark
+.PHONY: demo test install benchmark casestudy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
+
+casestudy: $(STAMP)
+	$(VENV)/bin/deepssim casestudy --out casestudy-out
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/embed_throughput.py --device cpu
