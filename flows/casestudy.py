@@ -15,7 +15,7 @@ from prefect import flow
 from deepssim.config import AuditSettings
 
 MODELS = Path(__file__).resolve().parents[1] / "deepssim" / "models"
-DEFAULT_GENERATOR = MODELS / "casestudy-ddpm64.pt"
+DEFAULT_GENERATOR = MODELS / "casestudy-ddpm32-seed1.pt"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONTROL_SUBJECTS = ("nibabel_anatomical", "heudiconv_crlab")
 

@@ -357,7 +357,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="output folder (holds t
 @app.command()
 def casestudy(out: Path = typer.Option(Path("casestudy-out"), help="output folder (holds the case study's own store)"),
               generator: Optional[Path] = typer.Option(None, help="generator weights (.pt beside its .json; "
-                                                       "default: the shipped casestudy-ddpm64)"),
+                                                       "default: the shipped casestudy-ddpm32-seed1)"),
               data: Optional[Path] = typer.Option(None, help="root of the generator's training images "
                                                   "(default: ../shared/data beside the repository)"),
               n: int = typer.Option(200, "--n", help="samples to draw"),

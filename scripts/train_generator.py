@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deepssim.generative.cohort import memorization_cohort, read_cohort_images  # noqa: E402
-from deepssim.generative.diffusion import GeneratorConfig, save_generator, train_generator  # noqa: E402
+from deepssim.generative.diffusion import GeneratorConfig, load_generator, save_generator, train_generator  # noqa: E402
 from deepssim.generative.grid import to_grid  # noqa: E402
 
 # Subjects the generator trains on; nibabel_anatomical and heudiconv_crlab (never seen by the
@@ -42,13 +42,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--budget", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", type=Path, default=None, help="continue this generator (.pt beside its .json)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "deepssim" / "models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logs = args.out / "training_logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_file = (logs / f"{args.name}-train_log.txt").open("w")
+    log_file = (logs / f"{args.name}-train_log.txt").open("a" if args.init else "w")
 
     def log(line: str) -> None:
         stamped = f"{time.strftime('%H:%M:%S')} {line}"
@@ -64,10 +65,17 @@ def main() -> None:
     log(f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads; "
         f"{len(cohort.images)} distinct images, {len(train)} in the training list")
     config = GeneratorConfig(size=args.size)
-    generator, history = train_generator(train, config, args.steps, batch_size=args.batch, seed=args.seed,
-                                         time_budget_s=args.budget, log=log)
-    generator.meta.update(name=args.name, command=f"python {' '.join(sys.argv)}",
-                          torch=torch.__version__, cohort=cohort.to_rows(), history=history,
+    init = load_generator(args.init) if args.init else None
+    if init is not None and init.meta["cohort"] != cohort.to_rows():
+        raise SystemExit(f"{args.init} was trained on another cohort (seed or subjects differ)")
+    # a continuation draws other batches and noise than the run it continues
+    train_seed = args.seed + (int(init.meta["steps_done"]) if init else 0)
+    generator, history = train_generator(train, config, args.steps, batch_size=args.batch, seed=train_seed,
+                                         time_budget_s=args.budget, log=log, init=init)
+    commands = (init.meta.get("commands") or [init.meta["command"]] if init else []) + [f"python {' '.join(sys.argv)}"]
+    generator.meta.update(name=args.name, command=" && ".join(commands), commands=commands,
+                          torch=torch.__version__, cohort=cohort.to_rows(),
+                          history=(init.meta.get("history", []) if init else []) + history,
                           non_member_subjects=["nibabel_anatomical", "heudiconv_crlab"])
     generator_id = save_generator(generator, args.out / f"{args.name}.pt")
     log(f"saved {generator_id} to {args.out / (args.name + '.pt')}")

@@ -197,3 +197,16 @@ def test_casestudy_command_on_a_tiny_generator_writes_the_report_and_table(tmp_p
                     "Non-member control"):
         assert heading in html
     assert html.count('<span class="chip chip-duplicate">duplicate</span></td><td class="num">') >= 1
+
+
+def test_training_continues_a_generator_and_counts_its_steps():
+    images = to_grid(_slices(60)[0], 16)[None].repeat(4, 0)
+    first, _ = train_generator(images, TINY, steps=4, batch_size=4, log=lambda line: None, log_every=2)
+    more, history = train_generator(images, TINY, steps=4, batch_size=4, seed=1, log=lambda line: None,
+                                    log_every=2, init=first)
+    assert [h["step"] for h in history] == [6, 8] and more.meta["steps_done"] == 8
+    start = dict(first.unet.named_parameters())
+    assert any(not torch.equal(p, start[name]) for name, p in more.unet.named_parameters())
+    with pytest.raises(ValueError, match="config"):
+        train_generator(images, GeneratorConfig(size=16, channels=(16, 16, 16), norm_num_groups=8,
+                                                num_head_channels=16), steps=1, init=first, log=lambda line: None)

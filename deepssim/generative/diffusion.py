@@ -72,10 +72,13 @@ def generator_loss(unet: torch.nn.Module, scheduler, batch: torch.Tensor, genera
 def train_generator(images: np.ndarray, config: GeneratorConfig, steps: int, batch_size: int = 32,
                     lr: float = 2e-4, ema_decay: float = 0.995, seed: int = 0,
                     time_budget_s: float | None = None, device: str = "cpu",
-                    log: Callable[[str], None] = print, log_every: int = 50) -> tuple[TrainedGenerator, list[dict]]:
+                    log: Callable[[str], None] = print, log_every: int = 50,
+                    init: TrainedGenerator | None = None) -> tuple[TrainedGenerator, list[dict]]:
     """Train on ``images`` (N, size, size) in [0, 1] (repeat an image to weight it).
 
     Stops after ``steps`` optimizer steps or ``time_budget_s`` seconds, whichever first.
+    ``init`` continues a trained generator (its EMA weights start both the network and the
+    EMA; the optimizer starts afresh; steps are counted on from its ``steps_done``).
     Returns the EMA model and the loss history (one row per ``log_every`` steps: step, mean
     loss since the last row, seconds).
     """
@@ -85,6 +88,12 @@ def train_generator(images: np.ndarray, config: GeneratorConfig, steps: int, bat
     gen = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(np.asarray(images, np.float32) * 2 - 1).unsqueeze(1)
     unet = build_unet(config).to(device)
+    done_before = 0
+    if init is not None:
+        if init.config != config:
+            raise ValueError("init generator's config differs from the one asked for")
+        unet.load_state_dict(init.unet.state_dict())
+        done_before = int(init.meta.get("steps_done", 0))
     ema = copy.deepcopy(unet).eval()
     scheduler = _scheduler(config, "ddpm")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
@@ -100,8 +109,8 @@ def train_generator(images: np.ndarray, config: GeneratorConfig, steps: int, bat
         elapsed = time.time() - start
         out_of_time = time_budget_s is not None and elapsed > time_budget_s
         if step % log_every == 0 or step == steps or out_of_time:
-            history.append({"step": step, "loss": float(np.mean(running)), "seconds": round(elapsed, 1)})
-            log(f"step {step}/{steps} loss {history[-1]['loss']:.4f} {elapsed:.0f}s")
+            history.append({"step": done_before + step, "loss": float(np.mean(running)), "seconds": round(elapsed, 1)})
+            log(f"step {done_before + step} ({step}/{steps}) loss {history[-1]['loss']:.4f} {elapsed:.0f}s")
             running = []
         if out_of_time:
             log(f"time budget {time_budget_s:.0f}s reached at step {step}")
