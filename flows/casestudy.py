@@ -51,13 +51,16 @@ def casestudy(out_dir: str, generator: str = str(DEFAULT_GENERATOR), data: str =
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # one spelling of the data root for the training files and the registration root: a
+    # symlinked root would otherwise put every training file "outside the root" (quarantined)
+    data = str(Path(data).resolve())
     meta = check_inputs(Path(generator), Path(data))
     audit_settings = AuditSettings.from_record(settings)
     db = db or str(out / "casestudy.duckdb")
     sampled = sample_task(generator, data, str(out), n_samples, seed, sample_steps, list(control_subjects),
                           audit_settings.thresholds)
     cohort = f"casestudy-{meta['generator_id']}"
-    register_cohort(name=cohort, paths=sampled["training_files"], db=db, root=str(Path(data).resolve()),
+    register_cohort(name=cohort, paths=sampled["training_files"], db=db, root=data,
                     settings=settings)
     state = audit(candidates=[sampled["candidates"]], cohort=cohort, out_dir=str(out / "audit"), db=db,
                   settings=settings, return_state=True)

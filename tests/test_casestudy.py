@@ -171,9 +171,11 @@ def test_casestudy_command_on_a_tiny_generator_writes_the_report_and_table(tmp_p
     generator.meta.update(name="tiny", cohort=cohort.to_rows(), command="tests/test_casestudy.py")
     save_generator(generator, tmp_path / "tiny.pt")
     out = tmp_path / "out"
+    linked = tmp_path / "data-link"  # a symlinked data root (CI's ../shared is one) must not quarantine the cohort
+    linked.symlink_to(data, target_is_directory=True)
     env = {**os.environ, **OFFLINE_ENV, "PREFECT_API_URL": prefect_harness}
     done = subprocess.run([str(Path(sys.executable).with_name("deepssim")), "casestudy", "--out", str(out),
-                           "--generator", str(tmp_path / "tiny.pt"), "--data", str(data), "--n", "8", "--json"],
+                           "--generator", str(tmp_path / "tiny.pt"), "--data", str(linked), "--n", "8", "--json"],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
