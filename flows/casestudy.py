@@ -70,4 +70,4 @@ def casestudy(out_dir: str, generator: str = str(DEFAULT_GENERATOR), data: str =
                   "control_subjects": list(control_subjects), "cohort": cohort,
                   "thresholds": {"similar": audit_settings.thresholds.similar,
                                  "duplicate": audit_settings.thresholds.duplicate}}
-    return casestudy_report_task(str(out), generator, sampled, str(out / "audit"), outcome, parameters)
+    return casestudy_report_task(str(out), meta, sampled, str(out / "audit"), outcome, parameters)

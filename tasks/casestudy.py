@@ -65,14 +65,13 @@ def _control(data_root: Path, subjects: list[str], cohort: MemorizationCohort, g
 
 
 @task(name="casestudy-report", persist_result=False)
-def casestudy_report_task(out_dir: str, generator_path: str, sampled: dict, audit_dir: str, outcome: dict,
+def casestudy_report_task(out_dir: str, generator_meta: dict, sampled: dict, audit_dir: str, outcome: dict,
                           settings: dict) -> dict:
     """Join labels and the gate's verdicts; write ``samples.csv``, ``casestudy.json`` and
     ``casestudy.html`` into ``out_dir``."""
     from governance_reports.casestudy import render_casestudy
 
     out = Path(out_dir)
-    generator = load_generator(Path(generator_path))
     labels = pd.read_csv(sampled["labels"])
     verdicts = pd.read_csv(Path(audit_dir) / "verdicts.csv")
     filtered = pd.read_csv(sampled["filtered"], keep_default_na=False)
@@ -81,9 +80,8 @@ def casestudy_report_task(out_dir: str, generator_path: str, sampled: dict, audi
                           on="image_id", how="left")
     joined["gate_label"] = joined["gate_label"].fillna("quarantined")
     joined.to_csv(out / "samples.csv", index=False)
-    cohort = MemorizationCohort.from_rows(generator.meta["cohort"])
-    summary = casestudy_summary(joined, filtered, np.array([im.copies for im in cohort.images]),
-                                generator.meta, outcome, settings)
+    copies = np.array([row["copies"] for row in generator_meta["cohort"]])
+    summary = casestudy_summary(joined, filtered, copies, generator_meta, outcome, settings)
     (out / "casestudy.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     report = render_casestudy(summary, joined, Path(sampled["candidates"]), sampled["training_files"],
                               sampled["grid"], out / "casestudy.html")

@@ -12,6 +12,7 @@ searched for the label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -140,8 +141,6 @@ def generate_samples(generator, n: int, seed: int, shape: tuple[int, int], out_d
     Returns the per-sample table (``sample``, ``file`` — '' when filtered — and ``reason``)
     and the written pixels (K, H, W) of the kept samples, in table order.
     """
-    from pathlib import Path
-
     from deepssim.generative.diffusion import sample_images
     from deepssim.generative.grid import from_grid
 
@@ -162,8 +161,6 @@ def generate_samples(generator, n: int, seed: int, shape: tuple[int, int], out_d
 def write_control(images: np.ndarray, names: list[str], grid: int, out_dir) -> np.ndarray:
     """Non-member images taken through the generator's grid, written as PNG (so they carry the
     generator's resolution like its samples); returns the written pixels."""
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return np.stack([write_png(through_grid(im, grid), out_dir / name) for im, name in zip(images, names)])
