@@ -93,6 +93,7 @@ FULL_REFINE_SIGMA = 1.0  # smoothing (full-resolution px) of the full-resolution
 MAX_STEP = torch.tensor([2.0, 0.03, 1.5, 1.5])  # one refinement step: degrees, log zoom, dy, dx (px)
 SATURATED = 1 - 0.5 / 255  # candidate pixels at or above this lost their structure to clipping
 SSIM_CHUNK = 6  # images per batched SSIM computation
+PHOTOMETRIC_CHUNK = 3  # references per batched photometric fit
 MAX_LOG_FIELD = 2.0  # the shading fitted is at most exp(±2), the range of the benchmark's bias fields
 
 # (horizontal flip, quarter turns): the 8 symmetries of the square.
@@ -350,6 +351,11 @@ def _photometric_coefficients(candidate: torch.Tensor, reference: torch.Tensor, 
     """The fit of :func:`photometric_fit`: gamma (B, 1), log shading field including the
     offset (B, S²), and whether enough pixels were usable (B,)."""
     n, size = reference.shape[0], reference.shape[-1]
+    if n > PHOTOMETRIC_CHUNK:  # a few references at a time stay in the CPU's cache (~1.8× faster)
+        parts = [_photometric_coefficients(candidate if len(candidate) == 1 else candidate[i:i + PHOTOMETRIC_CHUNK],
+                                           reference[i:i + PHOTOMETRIC_CHUNK], valid[i:i + PHOTOMETRIC_CHUNK], floor)
+                 for i in range(0, n, PHOTOMETRIC_CHUNK)]
+        return tuple(torch.cat(p) for p in zip(*parts))
     basis = _quadratic_basis(size)
     c = candidate.expand(n, -1, -1, -1).flatten(1)
     r = reference.flatten(1)
