@@ -73,11 +73,21 @@ KIND_ORDER = ("duplicate", "similar", "neighbour", "different")
 
 # --------------------------------------------------------------------------- verifiers
 
+OLD_LOCATIONS = ("deepssim/{stem}.py", "deepssim/audit/{stem}.py")  # before and after session 7's layout
+
+
 def load_old_module(ref: str, stem: str, folder: Path):
-    """``deepssim/<stem>.py`` as of git revision ``ref``, imported as ``deepssim._<stem>_old``
-    (so its relative imports resolve inside the package).  The source is kept in ``folder``."""
-    text = subprocess.run(["git", "show", f"{ref}:deepssim/{stem}.py"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout
+    """``deepssim/<stem>.py`` (or ``deepssim/audit/<stem>.py``, where the verifier lives since
+    session 7) as of git revision ``ref``, imported as ``deepssim._<stem>_old`` (so its relative
+    imports resolve inside the package).  The source is kept in ``folder``."""
+    for location in OLD_LOCATIONS:
+        shown = subprocess.run(["git", "show", f"{ref}:{location.format(stem=stem)}"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if shown.returncode == 0:
+            text = shown.stdout
+            break
+    else:
+        raise FileNotFoundError(f"{stem}.py is in none of {OLD_LOCATIONS} at {ref}")
     # deepssim.ssim moved to deepssim.metric.ssim (session 7): an old file's `from .ssim`
     # finds it under its old name
     sys.modules.setdefault("deepssim.ssim", importlib.import_module("deepssim.metric.ssim"))

@@ -340,7 +340,12 @@ def photometric_fit(candidate: torch.Tensor, reference: torch.Tensor, valid: tor
     Args: candidate (B or 1, 1, S, S) and reference (B, 1, S, S) in [0, 1]; valid
     (B, 1, S, S) bool.  Returns (B, 1, S, S); a reference with too few usable pixels
     is returned unchanged."""
-    gamma, field, enough = _photometric_coefficients(candidate, reference, valid, floor)
+    return _map_photometry(reference, *_photometric_coefficients(candidate, reference, valid, floor))
+
+
+def _map_photometry(reference: torch.Tensor, gamma: torch.Tensor, field: torch.Tensor, enough: torch.Tensor
+                    ) -> torch.Tensor:
+    """(B, 1, S, S) references through the fit of :func:`_photometric_coefficients`."""
     r = reference.flatten(1)
     mapped = torch.exp(gamma * torch.log(r.clamp_min(1e-6)) + field).clamp(0, 1).view_as(reference)
     return torch.where(enough.view(-1, 1, 1, 1), mapped, reference)
@@ -799,13 +804,18 @@ def _candidate_view(cand: torch.Tensor, refs: torch.Tensor, config: Verification
 class _Matched:
     """Each row's training image in the candidate's frame under both photometries (module
     docstring, steps 2–3): ``images`` (2, H, 1, S, S) — fitted gamma + shading, then the
-    reference's own — and ``valid`` (H, 1, S, S), the pixels both show."""
+    reference's own — ``valid`` (H, 1, S, S), the pixels both show, and the fit
+    (:func:`_photometric_coefficients`: ``gamma`` (H, 1), ``field`` (H, S²), ``enough`` (H,))."""
 
     images: torch.Tensor
     valid: torch.Tensor
+    gamma: torch.Tensor
+    field: torch.Tensor
+    enough: torch.Tensor
 
     def take(self, index: torch.Tensor) -> "_Matched":
-        return _Matched(self.images[:, index], self.valid[index])
+        return _Matched(self.images[:, index], self.valid[index], self.gamma[index], self.field[index],
+                        self.enough[index])
 
 
 def _matched(view: _CandidateView, refs: torch.Tensor, rows: _Rows) -> _Matched:
@@ -816,7 +826,8 @@ def _matched(view: _CandidateView, refs: torch.Tensor, rows: _Rows) -> _Matched:
     # two photometries: the fitted gamma + shading, and the reference's own (SSIM ignores a
     # global gain) — many replaced patches can pull even a robust fit off an edit's true,
     # unchanged photometry, and the best explanation is what the score means
-    return _Matched(torch.stack([photometric_fit(view.image, warped, valid), warped]), valid)
+    fit = _photometric_coefficients(view.image, warped, valid)
+    return _Matched(torch.stack([_map_photometry(warped, *fit), warped]), valid, *fit)
 
 
 def _softened_scores(view: _CandidateView, matched: _Matched, softenings: tuple[tuple[str, float], ...],
@@ -842,8 +853,8 @@ def _score_rows(view: _CandidateView, refs: torch.Tensor, rows: _Rows, config: V
     return _softened_scores(view, _matched(view, refs, rows), view.softenings, config)
 
 
-def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, scores: torch.Tensor,
-                        config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
+def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, matched: _Matched,
+                        scores: torch.Tensor, config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
     """Refine each row's alignment once more at full resolution on the objective the final
     score measures: the candidate is brought into its reference's photometry (the inverse
     of the gamma + shading fitted at the row's alignment), the reference blurred to the
@@ -851,10 +862,10 @@ def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, s
     (``config.photometric_refine_steps`` iterations).  The
     search before it aligns rank-equalised images, on which a strong shading moves the
     optimum; this step moves it back.  A row keeps its old alignment unless the new one
-    scores higher.  ``scores``: the rows' (m, len(view.softenings)) final scores."""
+    scores higher.  ``matched``: the rows' :class:`_Matched`; ``scores``: their
+    (m, len(view.softenings)) final scores."""
     hyps = [rows.hypothesis(i) for i in range(len(rows))]
-    warped, valid = _reference_in_candidate_frame(refs[rows.ref], hyps, rows.degrees, rows.scales, rows.shifts)
-    gamma, field, enough = _photometric_coefficients(view.image, warped, valid & view.observed)
+    gamma, field, enough = matched.gamma, matched.field, matched.enough
     log_c = torch.log(view.image.flatten(1).clamp_min(1e-4))
     in_reference_photometry = torch.exp((log_c - field) / gamma).clamp(0, 1).view(-1, 1, *view.image.shape[-2:])
     moving = torch.cat([_dihedral(in_reference_photometry[i:i + 1], h.flip, h.turns) for i, h in enumerate(hyps)])
@@ -954,10 +965,11 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     matched = _matched(view, refs, rows)
     first = _softened_scores(view, matched, view.softenings[:1], config)
     best = _best_per_reference(first[:, 0], rows)
-    rows, rest = rows.take(best), _softened_scores(view, matched.take(best), view.softenings[1:], config)
-    scores = torch.cat([first[best], rest], 1)
+    rows, matched = rows.take(best), matched.take(best)
+    scores = torch.cat([first[best], _softened_scores(view, matched, view.softenings[1:], config)], 1)
     close = torch.nonzero(scores.amax(1) >= scores.amax() - PHOTOMETRIC_MARGIN).flatten()
-    polished, polished_scores = _photometric_refine(view, refs, rows.take(close), scores[close], config)
+    polished, polished_scores = _photometric_refine(view, refs, rows.take(close), matched.take(close),
+                                                    scores[close], config)
     top = float(torch.nan_to_num(ref_scores, nan=-2.0).max())
     out = [_not_verified(float(s), top) for s in ref_scores]
     for i in range(len(rows)):
