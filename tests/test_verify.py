@@ -127,6 +127,24 @@ def test_photometric_fit_recovers_gamma_and_shading():
     assert (ref - cand)[inside].abs().mean() > 0.1  # the change was not negligible
 
 
+def test_large_batches_give_each_image_its_own_result():
+    """SSIM and the photometric fit run a few images at a time (cache-sized chunks): a batch
+    larger than a chunk, with one noise level per image, gives every image what it gets alone."""
+    from deepssim.audit.verify import PHOTOMETRIC_CHUNK, SSIM_CHUNK, photometric_fit
+
+    n = max(SSIM_CHUNK, PHOTOMETRIC_CHUNK) * 2 + 1
+    refs = torch.tensor(np.stack([load("colin27", 60 + 5 * i) for i in range(n)]))[:, None]
+    cand = torch.tensor(load("colin27", 90))[None, None] ** 0.7
+    valid = torch.rand(n, 1, 128, 128, generator=torch.Generator().manual_seed(0)) > 0.05
+    noise = torch.linspace(0.0, 1e-3, n)
+    batched = masked_ssim(refs, cand.expand(n, -1, -1, -1), valid, "ssim", noise)
+    alone = torch.cat([masked_ssim(refs[i:i + 1], cand, valid[i:i + 1], "ssim", noise[i]) for i in range(n)])
+    assert torch.equal(batched, alone)
+    assert len(set(batched.tolist())) == n  # the images (and noise levels) were told apart
+    fitted = photometric_fit(cand, refs, valid)
+    assert torch.equal(fitted, torch.cat([photometric_fit(cand, refs[i:i + 1], valid[i:i + 1]) for i in range(n)]))
+
+
 def test_noise_is_discounted_not_counted_as_structure():
     ref = load("colin27", 90)
     noisy = np.clip(ref + np.random.default_rng(1).normal(0, 0.04, ref.shape), 0, 1).astype(np.float32)
