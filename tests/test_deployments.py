@@ -59,6 +59,9 @@ def _stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=10)
 
 
+RETRIES, RETRY_STATUSES = 5, (429, 502, 503)
+
+
 class Api:
     """A few REST calls on the Prefect server (no client settings involved)."""
 
@@ -75,12 +78,19 @@ class Api:
             return False
 
     def post(self, path: str, body: dict) -> dict | list:
-        r = self.http.post(path, json=body)
-        r.raise_for_status()
-        return r.json()
+        return self._send("POST", path, body)
 
     def get(self, path: str) -> dict:
-        r = self.http.get(path)
+        return self._send("GET", path)
+
+    def _send(self, method: str, path: str, body: dict | None = None) -> dict | list:
+        """One request, retried like Prefect's own client does on 429/502/503: the server
+        answers 503 while its SQLite database is locked by a run writing beside it."""
+        for attempt in range(RETRIES):
+            r = self.http.request(method, path, json=body)
+            if r.status_code not in RETRY_STATUSES or attempt == RETRIES - 1:
+                break
+            time.sleep(2 ** attempt)
         r.raise_for_status()
         return r.json()
 
