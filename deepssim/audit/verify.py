@@ -431,7 +431,7 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
     if valid is None:
         valid = torch.ones_like(a, dtype=torch.bool)
     if len(a) > SSIM_CHUNK:  # a few images at a time stay in the CPU's cache: ~3× faster than 48 at once
-        noise = None if noise_var_b is None else torch.as_tensor(noise_var_b, dtype=a.dtype).reshape(-1)
+        noise = None if noise_var_b is None else torch.as_tensor(noise_var_b, dtype=a.dtype, device=a.device).reshape(-1)
         chunks = [slice(i, i + SSIM_CHUNK) for i in range(0, len(a), SSIM_CHUNK)]
         return torch.cat([masked_ssim(a[c], b[c], valid[c], terms,
                                       None if noise is None else noise[c] if len(noise) > 1 else noise)
@@ -540,7 +540,7 @@ class _SearchImages:
 
     def with_level(self, side: int, needed: torch.Tensor) -> "_SearchImages":
         """These images plus the level ``side`` made for the references ``needed`` (indices)."""
-        refs = torch.zeros(len(self.refs), 1, side, side, dtype=self.refs.dtype)
+        refs = torch.zeros(len(self.refs), 1, side, side, dtype=self.refs.dtype, device=self.refs.device)
         refs[needed] = _search_view(self.refs[needed], side)
         views = _dihedral_views(_search_view(self.cand, side))
         return _SearchImages(self.cand, self.refs, {**self.pyramid, side: (views, refs)})
@@ -844,7 +844,7 @@ def _softened_scores(view: _CandidateView, matched: _Matched, softenings: tuple[
     better photometry of each softening, every softening in one batched SSIM."""
     _, n, *shape = matched.images.shape
     if not softenings or not n:
-        return torch.zeros(n, len(softenings))
+        return torch.zeros(n, len(softenings), device=matched.images.device)
     tau = config.smoothing
     both = matched.images.reshape(2 * n, *shape)
     softened = torch.cat([_soften(both, softening, tau) for softening in softenings])
