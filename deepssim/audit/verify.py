@@ -236,6 +236,20 @@ def _theta(degrees: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, size
                         torch.stack([sin, cos, sin * tx + cos * ty], 1)], 1)
 
 
+def _in_chunks(fn, n: int, chunk: int, *args):
+    """``fn(*args)`` over ``chunk`` rows at a time of every tensor argument with ``n`` rows
+    (the others, e.g. one shared candidate, go whole to every call), concatenated — each
+    output tensor, or each element of a tuple of them.  A few images at a time stay in the
+    CPU's cache: batches of row-independent work ran 2-4× faster so than all at once."""
+    def rows(x, i):
+        return x[i:i + chunk] if isinstance(x, torch.Tensor) and x.dim() and len(x) == n else x
+
+    parts = [fn(*(rows(x, i) for x in args)) for i in range(0, n, chunk)]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
 def _inside(grid: torch.Tensor, size: int) -> torch.Tensor:
     """Which sampling points (..., 2) of a side-``size`` image fall wholly inside it (..., )
     (the two axes compared separately: 3× faster than ``.all(-1)`` over a pair)."""
@@ -364,11 +378,8 @@ def _photometric_coefficients(candidate: torch.Tensor, reference: torch.Tensor, 
     """The fit of :func:`photometric_fit`: gamma (B, 1), log shading field including the
     offset (B, S²), and whether enough pixels were usable (B,)."""
     n, size = reference.shape[0], reference.shape[-1]
-    if n > PHOTOMETRIC_CHUNK:  # a few references at a time stay in the CPU's cache (~1.8× faster)
-        parts = [_photometric_coefficients(candidate if len(candidate) == 1 else candidate[i:i + PHOTOMETRIC_CHUNK],
-                                           reference[i:i + PHOTOMETRIC_CHUNK], valid[i:i + PHOTOMETRIC_CHUNK], floor)
-                 for i in range(0, n, PHOTOMETRIC_CHUNK)]
-        return tuple(torch.cat(p) for p in zip(*parts))
+    if n > PHOTOMETRIC_CHUNK:  # ~1.8× faster than all at once
+        return _in_chunks(_photometric_coefficients, n, PHOTOMETRIC_CHUNK, candidate, reference, valid, floor)
     basis = _quadratic_basis(size)
     c = candidate.expand(n, -1, -1, -1).flatten(1)
     r = reference.flatten(1)
@@ -430,12 +441,8 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = N
 
     if valid is None:
         valid = torch.ones_like(a, dtype=torch.bool)
-    if len(a) > SSIM_CHUNK:  # a few images at a time stay in the CPU's cache: ~3× faster than 48 at once
-        noise = None if noise_var_b is None else torch.as_tensor(noise_var_b, dtype=a.dtype, device=a.device).reshape(-1)
-        chunks = [slice(i, i + SSIM_CHUNK) for i in range(0, len(a), SSIM_CHUNK)]
-        return torch.cat([masked_ssim(a[c], b[c], valid[c], terms,
-                                      None if noise is None else noise[c] if len(noise) > 1 else noise)
-                          for c in chunks])
+    if len(a) > SSIM_CHUNK:  # ~3× faster than 48 images at once
+        return _in_chunks(masked_ssim, len(a), SSIM_CHUNK, a, b, valid, terms, noise_var_b)
     w = valid.to(a.dtype)
     count = w.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
 
@@ -593,8 +600,8 @@ def _coarse_seeds(images: _SearchImages, config: VerificationConfig) -> tuple[_R
     cand_f = torch.fft.rfft2(_unit(rotated)).view(1, 8 * g, size, size // 2 + 1)
     ref_f = torch.fft.rfft2(_unit(refs)).view(k, 1, size, -1)
     near = torch.nonzero((torch.fft.fftfreq(size) * size).abs() <= MAX_SHIFT_FRACTION * size).flatten()
-    peaks = [_correlation_peaks(ref_f[i:i + COARSE_CHUNK], cand_f, near) for i in range(0, k, COARSE_CHUNK)]
-    scores, peak = torch.cat([p[0] for p in peaks]).view(k, 8, g), torch.cat([p[1] for p in peaks]).view(k, 8, g)
+    scores, peak = _in_chunks(lambda f: _correlation_peaks(f, cand_f, near), k, COARSE_CHUNK, ref_f)
+    scores, peak = scores.view(k, 8, g), peak.view(k, 8, g)
     best, point = scores.max(-1)                               # (k, 8)
     ref = torch.arange(k).repeat_interleave(8)
     dihedral = torch.arange(8).repeat(k)
@@ -610,8 +617,7 @@ def _correlation_peaks(ref_f: torch.Tensor, cand_f: torch.Tensor, near: torch.Te
     """Peak circular cross-correlation (and its index among the allowed shifts) of each
     reference spectrum (c, 1, s, s//2+1) with each candidate view's (1, V, s, s//2+1), over
     the shifts ``near`` (m,) allows in each axis: (c, V) each.  Called on a few references at
-    a time (``COARSE_CHUNK``), whose correlations stay in the CPU's cache: 3-4× faster than
-    all at once."""
+    a time (``COARSE_CHUNK``, :func:`_in_chunks`): 3-4× faster than all at once."""
     size = cand_f.shape[-2]
     corr = torch.fft.irfft2(ref_f * cand_f.conj(), s=(size, size))
     return corr.index_select(-2, near).index_select(-1, near).flatten(-2).max(-1)
