@@ -10,7 +10,6 @@ shipped generators were made by the commands in ``deepssim/models/TRAINING.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
