@@ -31,7 +31,9 @@ Reports per seed (and pooled over seeds) and per verifier: mean absolute error a
 audit-path score and of the true-source score; per-class precision / recall, macro F1
 (:func:`deepssim.evaluation.benchmark.evaluate`, default thresholds); how many ``different`` candidates
 whose truth SSIM is below 0.5 were called duplicate / similar; seconds per verified candidate
-(median, mean) and per verified pair, and old / new ratios.  Prints markdown and writes
+(median, mean) and per verified pair, and old / new ratios; and the wall-clock seconds per verified
+candidate at the default settings — every verified candidate through the audit's worker pool, one
+process per core (:func:`default_throughput`; ``--no-throughput`` skips it).  Prints markdown and writes
 ``OUT/verify_fidelity.{md,json,csv}`` (the CSV: one row per candidate).  ``--old-ref none``
 runs the new verifier alone; ``--limit N`` keeps the first N candidates of each kind.
 """
@@ -217,6 +219,44 @@ def verify_one(i: int, data, emb: np.ndarray, index: np.ndarray, verifiers: dict
     return rec
 
 
+# the verifiers the throughput jobs call, by name: set before the worker pool forks, so each
+# worker inherits them (an old verifier is a module loaded from a file, not importable by name)
+_POOL_VERIFIERS: dict = {}
+
+
+def _pool_job(job) -> int:
+    name, candidate, references, config = job
+    return len(_POOL_VERIFIERS[name][0](candidate, references, config))
+
+
+def default_throughput(data, emb: np.ndarray, index: np.ndarray, verifiers: dict, config: VerificationConfig
+                       ) -> dict:
+    """Wall-clock seconds to verify every candidate the audit verifies (each against its
+    neighbours, as :func:`verify_one`), through the audit's worker pool at the default number
+    of workers (:func:`deepssim.audit.parallel.ordered_map`, ``VerificationConfig().workers``:
+    one process per core) — what a candidate costs an audit on this machine.  Each verifier
+    runs twice, in the order A B B A (load drifts on a shared machine).
+    Returns {name: {"seconds", "candidates", "workers"}}, seconds summed over both runs,
+    candidates counted once per run."""
+    from deepssim.audit.parallel import ordered_map, resolve_workers
+
+    _POOL_VERIFIERS.update(verifiers)
+    todo = [i for i in range(len(data.truth)) if config.enabled and emb[i, 0] >= config.floor]
+    workers = VerificationConfig().workers
+    names = list(verifiers)
+    out = {name: {"seconds": 0.0, "candidates": 0, "workers": resolve_workers(workers, len(todo))}
+           for name in names}
+    for name in names + names[::-1]:
+        cfg = verifiers[name][1]
+        jobs = ((name, data.candidates[i], data.train[index[i, :cfg.neighbours_to_verify(emb[i])]], cfg)
+                for i in todo)
+        start = time.perf_counter()
+        done = sum(1 for _ in ordered_map(_pool_job, jobs, len(todo), workers))
+        out[name]["seconds"] += time.perf_counter() - start
+        out[name]["candidates"] += done
+    return out
+
+
 def warm_up(verifiers: dict, data) -> None:
     """One pair per verifier, untimed: first-call costs (lazy imports, allocator) are not the
     verifier's."""
@@ -224,8 +264,9 @@ def warm_up(verifiers: dict, data) -> None:
         fn(data.candidates[0], data.train[:2], cfg)
 
 
-def run_seed(folder: Path, seed: int, verifiers: dict, args, config: VerificationConfig) -> list[dict]:
-    """Per-candidate records of one benchmark."""
+def run_seed(folder: Path, seed: int, verifiers: dict, args, config: VerificationConfig
+             ) -> tuple[list[dict], dict]:
+    """Per-candidate records of one benchmark and its :func:`default_throughput`."""
     data = load_benchmark(folder)
     data.checkpoint = args.checkpoint
     train_emb, cand_emb = data.embeddings()
@@ -240,7 +281,11 @@ def run_seed(folder: Path, seed: int, verifiers: dict, args, config: Verificatio
         r = records[-1]
         print(f"  seed {seed} [{n + 1}/{len(rows)}] {r['kind']:<9} ssim {r['ssim']:.3f} "
               + " ".join(f"{v} {r['score'][v]:.3f} ({r['seconds'][v]:.2f} s)" for v in names), flush=True)
-    return records
+    throughput = default_throughput(data, emb, index, verifiers, config) if args.throughput else {}
+    for name, t in throughput.items():
+        print(f"  seed {seed} default settings ({t['workers']} workers): {name} "
+              f"{t['seconds'] / max(t['candidates'], 1):.4f} s per verified candidate", flush=True)
+    return records, throughput
 
 
 # --------------------------------------------------------------------------- summaries
@@ -364,10 +409,44 @@ def cost_table(summaries: dict, verifiers: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pooled_throughput(parts: list[dict]) -> dict:
+    """:func:`default_throughput` results of several seeds added up, with s per candidate."""
+    out: dict = {}
+    for part in parts:
+        for name, t in part.items():
+            acc = out.setdefault(name, {"seconds": 0.0, "candidates": 0, "workers": t["workers"]})
+            acc["seconds"] += t["seconds"]
+            acc["candidates"] += t["candidates"]
+            acc["workers"] = max(acc["workers"], t["workers"])
+    for t in out.values():
+        t["s_per_candidate"] = t["seconds"] / t["candidates"] if t["candidates"] else None
+    return out
+
+
+def throughput_table(summaries: dict, verifiers: list[str]) -> str:
+    lines = ["| seed | verifier | worker processes | verified candidates (× 2 runs) | wall s / candidate | old / new |",
+             "|---|---|---|---|---|---|"]
+    for seed, s in summaries.items():
+        t = s.get("throughput") or {}
+        if not t:
+            continue
+        ratio = (t["old"]["s_per_candidate"] / t["new"]["s_per_candidate"]
+                 if "old" in t and t["new"]["s_per_candidate"] else None)
+        for v in verifiers:
+            lines.append(f"| {seed} | {v} | {t[v]['workers']} | {t[v]['candidates'] // 2} | "
+                         f"{_f(t[v]['s_per_candidate'])} | {_f(ratio, 2) if v == verifiers[0] and ratio else ''} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def markdown(summaries: dict, verifiers: list[str], header: str) -> str:
-    return (f"{header}\n\n### Score vs aligned SSIM (score - truth)\n\n{fidelity_table(summaries, verifiers)}"
+    text = (f"{header}\n\n### Score vs aligned SSIM (score - truth)\n\n{fidelity_table(summaries, verifiers)}"
             f"\n### Labels at the default thresholds (audit path)\n\n{class_table(summaries, verifiers)}"
             f"\n### Cost (wall clock, torch threads = {THREADS}, one process)\n\n{cost_table(summaries, verifiers)}")
+    pool = throughput_table(summaries, verifiers)
+    if pool:
+        text += ("\n### Cost at the default settings (the audit's worker pool, one process per core, "
+                 f"torch threads = 1 each)\n\n{pool}")
+    return text
 
 
 # --------------------------------------------------------------------------- outputs
@@ -404,6 +483,8 @@ def parse_args(argv):
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped model")
     ap.add_argument("--old-ref", default="c500aaf", help="git revision of the OLD verify.py; 'none' skips it")
     ap.add_argument("--limit", type=int, default=None, help="verify only the first N candidates of each kind")
+    ap.add_argument("--no-throughput", dest="throughput", action="store_false",
+                    help="skip the run through the audit's worker pool at the default settings")
     return ap.parse_args(argv)
 
 
@@ -421,16 +502,21 @@ def main(argv=None) -> int:
     names = list(verifiers)
 
     records: list[dict] = []
+    throughputs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         source_of = lambda: detection_quality.gather_source(args.src, None, args.pydicom_ct, Path(tmp) / "src")  # noqa: E731
         for seed in args.seeds:
             folder = args.out / f"bench_s{seed}"
             build_or_reuse(source_of, folder, seed, args)
-            records += run_seed(folder, seed, verifiers, args, config)
+            seed_records, throughputs[seed] = run_seed(folder, seed, verifiers, args, config)
+            records += seed_records
 
     summaries = {seed: summarise([r for r in records if r["seed"] == seed], names, thresholds) for seed in args.seeds}
+    for seed in args.seeds:
+        summaries[seed]["throughput"] = pooled_throughput([throughputs[seed]])
     if len(args.seeds) > 1:
         summaries["all"] = summarise(records, names, thresholds)
+        summaries["all"]["throughput"] = pooled_throughput(list(throughputs.values()))
     text = markdown(summaries, names, header)
     print("\n" + text)
     (args.out / "verify_fidelity.md").write_text(text)
