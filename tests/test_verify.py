@@ -78,6 +78,8 @@ def test_refinement_recovers_off_grid_rotation_zoom_shift():
     assert refined.score > 0.9
     assert refined.score > grid_only.score
     assert refined.dihedral != (False, 0)
+    # the optional full-resolution refinement of the search images finds it as well
+    assert verify_pair(cand, ref, VerificationConfig(full_refine_steps=3)).score > 0.9
 
 
 def test_fusion_modes():
