@@ -905,6 +905,13 @@ def _softened_scores(view: _CandidateView, matched: _Matched, softenings: tuple[
     return scores.amax(1).T.clamp(-1.0, 1.0)
 
 
+def _nearby_softenings(softenings: tuple[tuple[str, float], ...], level: int) -> list[int]:
+    """Indices of softening ``level`` and of its neighbours of the same kind: where a row
+    realigned on that softening can score best (the others are not tried again)."""
+    kind = softenings[level][0]
+    return [j for j in (level - 1, level, level + 1) if 0 <= j < len(softenings) and softenings[j][0] == kind]
+
+
 def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, matched: _Matched,
                         scores: torch.Tensor, config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
     """Refine each row's alignment once more at full resolution on the objective the final
@@ -927,8 +934,12 @@ def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, m
     refined, _ = _gauss_newton(moving, target, rows, config.photometric_refine_steps)
     # scored with the photometric fit of the old alignment: the new one is a fraction of a
     # pixel away (refitting cost 5 % of the time and moved no label on the held-out benchmarks)
-    new_scores = _softened_scores(view, _matched(view, refs, refined, (gamma, field, enough)),
-                                  view.softenings, config)
+    rematched = _matched(view, refs, refined, (gamma, field, enough))
+    new_scores = torch.full_like(scores, -math.inf)
+    for i, lv in enumerate(level.tolist()):
+        near = _nearby_softenings(view.softenings, lv)
+        new_scores[i, near] = _softened_scores(view, rematched.take(torch.tensor([i])),
+                                               tuple(view.softenings[j] for j in near), config)[0]
     better = (new_scores.amax(1) > scores.amax(1)) & enough
     rows = rows.with_geometry(torch.where(better, refined.degrees, rows.degrees),
                               torch.where(better, refined.scales, rows.scales),
