@@ -76,7 +76,7 @@ import torch.nn.functional as F
 
 from deepssim.config import VerificationConfig
 
-COARSE_SIZE = 24  # px, the coarse grid (32 cost 10-18 % more and found no more copies in a crowd)
+COARSE_SIZE = 32  # px, the coarse grid (24 cost the case study 0.02-0.03 in macro F1)
 COARSE_SCALES = (0.9, 1.0, 1.1)
 EMBEDDING_FIRST = 2  # the first references (the embedding's nearest) are always refined past the coarse grid
 COARSE_REFERENCES = 6  # other references refined past the coarse grid, at most
