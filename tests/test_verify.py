@@ -105,6 +105,32 @@ def test_equalise_keeps_a_flat_background_flat():
     assert (ranks[img > 0] > background.max()).all()
 
 
+def test_sampling_grid_is_affine_grids():
+    """The warps' sampling points, made as outer sums, are torch's own affine grid: the
+    pixel-centre convention every warp (and the report's aligned training image) relies on."""
+    import torch.nn.functional as F
+    from deepssim.audit.verify import _sampling_grid, _theta
+
+    gen = torch.Generator().manual_seed(0)
+    for size in (32, 64, 128):
+        theta = _theta(torch.randn(5, generator=gen) * 10, 0.9 + 0.2 * torch.rand(5, generator=gen),
+                       torch.randn(5, 2, generator=gen) * 3, size)
+        expected = F.affine_grid(theta, [5, 1, size, size], align_corners=False)
+        assert torch.allclose(_sampling_grid(theta, size).permute(0, 2, 3, 1), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.1, 1.5])
+def test_narrow_blur_as_shifted_sums_is_the_convolution(sigma, monkeypatch):
+    from deepssim.audit import verify
+
+    x = torch.tensor(np.stack([load("colin27", 80), load("colin27", 90)]))[:, None]
+    shifted = verify._gaussian_blur(x, sigma)
+    monkeypatch.setattr(verify, "SHIFTED_SUM_RADIUS", 0)  # every kernel as a convolution
+    convolved = verify._gaussian_blur(x, sigma)
+    assert torch.allclose(shifted, convolved, atol=1e-6)
+    assert (shifted - x).abs().max() > 0.05  # it did blur
+
+
 def test_noise_sd_estimates_added_noise():
     from deepssim.audit.verify import noise_sd
 
