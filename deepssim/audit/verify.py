@@ -159,6 +159,18 @@ def _gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32, device=No
     return _KERNELS[key]
 
 
+_WEIGHTS: dict[tuple[float, torch.dtype], list[float]] = {}
+
+
+def _kernel_weights(sigma: float, dtype: torch.dtype) -> list[float]:
+    """:func:`_gaussian_kernel`'s values as Python numbers (read once: on a GPU every read of
+    a tensor's values waits for the device)."""
+    key = (float(sigma), dtype)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = _gaussian_kernel(sigma, dtype, torch.device("cpu")).tolist()
+    return _WEIGHTS[key]
+
+
 SHIFTED_SUM_RADIUS = 5  # blur kernels up to this radius are sums of shifted slices, wider ones convolutions
 
 
@@ -174,7 +186,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     if radius > SHIFTED_SUM_RADIUS:
         return F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
     h, w = x.shape[-2] - 2 * radius, x.shape[-1] - 2 * radius
-    weights = k.tolist()
+    weights = _kernel_weights(sigma, x.dtype)
     rows = sum(weight * x[..., :, i:i + w] for i, weight in enumerate(weights))
     return sum(weight * rows[..., i:i + h, :] for i, weight in enumerate(weights))
 
