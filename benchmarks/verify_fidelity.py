@@ -424,8 +424,8 @@ def pooled_throughput(parts: list[dict]) -> dict:
 
 
 def throughput_table(summaries: dict, verifiers: list[str]) -> str:
-    lines = ["| seed | verifier | worker processes | verified candidates (× 2 runs) | wall s / candidate | old / new |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| seed | verifier | worker processes | verified candidates (× 2 runs) | wall s / candidate "
+             "| old / new |", "|---|---|---|---|---|---|"]
     for seed, s in summaries.items():
         t = s.get("throughput") or {}
         if not t:

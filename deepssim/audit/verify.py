@@ -343,7 +343,8 @@ def _undo_dihedral(dihedral: torch.Tensor) -> torch.Tensor:
     ``DIHEDRAL``)."""
     device = dihedral.device
     if device not in _UNDO_DIHEDRAL:
-        _UNDO_DIHEDRAL[device] = torch.stack([torch.linalg.inv(_dihedral_matrix(f, k)) for f, k in DIHEDRAL]).to(device)
+        inverses = [torch.linalg.inv(_dihedral_matrix(flip, turns)) for flip, turns in DIHEDRAL]
+        _UNDO_DIHEDRAL[device] = torch.stack(inverses).to(device)
     return _UNDO_DIHEDRAL[device][dihedral]
 
 
@@ -1141,8 +1142,8 @@ def aligned_reference(reference: np.ndarray, alignment: Alignment) -> np.ndarray
     ref = _to_tensor(np.asarray(reference, np.float32))
     with torch.no_grad():
         warped, _ = _reference_in_candidate_frame(
-            ref, torch.tensor([DIHEDRAL.index((bool(flip), int(turns)))]), torch.tensor([alignment.degrees]), torch.tensor([alignment.scale]),
-            torch.tensor([list(alignment.shift)], dtype=torch.float32))
+            ref, torch.tensor([DIHEDRAL.index((bool(flip), int(turns)))]), torch.tensor([alignment.degrees]),
+            torch.tensor([alignment.scale]), torch.tensor([list(alignment.shift)], dtype=torch.float32))
     return warped[0, 0].cpu().numpy().astype(np.float32)
 
 
