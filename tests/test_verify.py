@@ -131,6 +131,17 @@ def test_narrow_blur_as_shifted_sums_is_the_convolution(sigma, monkeypatch):
     assert (shifted - x).abs().max() > 0.05  # it did blur
 
 
+def test_realigned_rows_are_rescored_at_their_softening_and_its_neighbours_of_the_same_kind():
+    from deepssim.audit.verify import _nearby_softenings
+
+    softenings = (("blur", 0.0), ("blur", 0.5), ("blur", 0.8), ("grid", 2.0), ("grid", 3.0))
+    assert _nearby_softenings(softenings, 0) == [0, 1]
+    assert _nearby_softenings(softenings, 1) == [0, 1, 2]
+    assert _nearby_softenings(softenings, 2) == [1, 2]  # a blur's neighbour is never a grid
+    assert _nearby_softenings(softenings, 3) == [3, 4]
+    assert _nearby_softenings(softenings, 4) == [3, 4]
+
+
 def test_noise_sd_estimates_added_noise():
     from deepssim.audit.verify import noise_sd
 
