@@ -270,8 +270,10 @@ def _theta(degrees: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, size
 def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """The sampling points of (B, 2, 3) ``theta`` on a side-``size`` output grid, as two planes
     (B, 2, size, size) of x and y in [-1, 1] (align_corners=False): ``F.affine_grid``'s numbers
-    (to float rounding), made as outer sums — a matrix product with an inner dimension of 3 ran
-    3-4× slower.  ``.permute(0, 2, 3, 1)`` gives ``grid_sample``'s (B, size, size, 2)."""
+    (to float rounding), made as outer sums — grid and resampling together ran 2× slower with
+    a matrix product of inner dimension 3 on batches of up to 64 (20 % faster on the coarse
+    grid's 168 views, 0.3 ms a candidate).  ``.permute(0, 2, 3, 1)`` gives ``grid_sample``'s
+    (B, size, size, 2)."""
     lin = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1
     t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1): per output coordinate, its x, y and constant terms
     return t[:, :, 0] * lin.view(1, 1, 1, size) + (t[:, :, 1] * lin.view(1, 1, size, 1) + t[:, :, 2])
