@@ -187,6 +187,16 @@ def best_verified(results: list) -> tuple[float, int]:
     return (float(np.nanmax(scores)) if left < len(scores) else np.nan), left
 
 
+def audit_verifies(config: VerificationConfig, emb: np.ndarray, i: int) -> bool:
+    """Whether the audit verifies candidate ``i`` (its best embedding score reaches the floor)."""
+    return bool(config.enabled and emb[i, 0] >= config.floor)
+
+
+def audit_references(data, emb: np.ndarray, index: np.ndarray, i: int, cfg) -> np.ndarray:
+    """The training images the audit verifies candidate ``i`` against, as many as ``cfg`` says."""
+    return data.train[index[i, :cfg.neighbours_to_verify(emb[i])]]
+
+
 def verify_one(i: int, data, emb: np.ndarray, index: np.ndarray, verifiers: dict, order: list[str],
                config: VerificationConfig) -> dict:
     """One candidate through the audit path (floor and fusion from ``config``; how many
@@ -198,14 +208,14 @@ def verify_one(i: int, data, emb: np.ndarray, index: np.ndarray, verifiers: dict
            "label": t["label"], "embedding_score": float(emb[i, 0]), "n_verified": 0, "score": {},
            "verification_score": {}, "unscored": {}, "seconds": {}, "true_score": {}, "true_seconds": {},
            "pairs": {}}
-    todo = config.enabled and emb[i, 0] >= config.floor
+    todo = audit_verifies(config, emb, i)
     source = None if t["kind"] == "different" else data.train_files.index(t["nearest_train"])
     for name in order:
         verify, cfg = verifiers[name]
         rec["score"][name], rec["verification_score"][name], rec["seconds"][name] = emb[i, 0], np.nan, np.nan
         rec["unscored"][name], rec["pairs"][name] = 0, 0
         if todo:
-            refs = data.train[index[i, :cfg.neighbours_to_verify(emb[i])]]
+            refs = audit_references(data, emb, index, i, cfg)
             rec["pairs"][name] = len(refs)
             results, rec["seconds"][name] = timed(verify, data.candidates[i], refs, cfg)
             best, rec["unscored"][name] = best_verified(results)
@@ -241,15 +251,14 @@ def default_throughput(data, emb: np.ndarray, index: np.ndarray, verifiers: dict
     from deepssim.audit.parallel import ordered_map, resolve_workers
 
     _POOL_VERIFIERS.update(verifiers)
-    todo = [i for i in range(len(data.truth)) if config.enabled and emb[i, 0] >= config.floor]
+    todo = [i for i in range(len(data.truth)) if audit_verifies(config, emb, i)]
     workers = VerificationConfig().workers
     names = list(verifiers)
     out = {name: {"seconds": 0.0, "candidates": 0, "workers": resolve_workers(workers, len(todo))}
            for name in names}
     for name in names + names[::-1]:
         cfg = verifiers[name][1]
-        jobs = ((name, data.candidates[i], data.train[index[i, :cfg.neighbours_to_verify(emb[i])]], cfg)
-                for i in todo)
+        jobs = ((name, data.candidates[i], audit_references(data, emb, index, i, cfg), cfg) for i in todo)
         start = time.perf_counter()
         done = sum(1 for _ in ordered_map(_pool_job, jobs, len(todo), workers))
         out[name]["seconds"] += time.perf_counter() - start
