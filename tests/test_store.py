@@ -130,3 +130,17 @@ def test_reregistering_inserts_no_new_embeddings(store):
     again = store.register("c", rows, _embeddings(rows.iloc[:0])[0], model, "shard", ["/data"])
     assert (again.images, again.new_images, again.embedded) == (3, 0, 0)
     assert _snapshot(store)[f"embeddings_d{DIM}"] == 3
+
+
+def test_exportable_audits_are_those_whose_files_the_store_holds(store):
+    """What the scheduled gate's folder pruning asks before deleting a run folder."""
+    def audit(audit_id: str) -> dict:
+        return {"audit_id": audit_id, "started_at": pd.Timestamp("2026-01-01"), "cohort": "c",
+                "model_id": "m", "verdict": "pass"}
+
+    results = pd.DataFrame({"image_id": ["x.png"], "label": ["different"], "score": [0.1]})
+    store.record_audit(audit("with-files"), results, {"summary.json": b"{}"})
+    store.record_audit(audit("without-files"), results)
+    asked = ["with-files", "without-files", "never-recorded"]
+    assert store.exportable_audits(asked) == {"with-files"}
+    assert store.exportable_audits([]) == set()

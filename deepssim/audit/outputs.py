@@ -98,13 +98,22 @@ def point_latest(root: Path, folder: Path) -> Path:
     return link
 
 
+def _run_folders(root: Path) -> list[Path]:
+    """The run folders under ``root``, newest first."""
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and RUN_FOLDER.match(p.name)),
+                  key=lambda p: p.name, reverse=True)
+
+
+def run_folder_audit_ids(root: Path) -> list[str]:
+    """The audit ids of the run folders under ``root``, newest first."""
+    return [p.name.split("-", 1)[1] for p in _run_folders(root)]
+
+
 def prune_run_folders(root: Path, keep: int, kept_elsewhere: Callable[[str], bool]) -> list[Path]:
     """Delete run folders beyond the newest ``keep`` — only those whose audit
     ``kept_elsewhere(audit_id)`` says the store can export.  Returns what was deleted."""
-    runs = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and RUN_FOLDER.match(p.name)),
-                  key=lambda p: p.name, reverse=True)
     removed = []
-    for old in runs[max(keep, 1):]:
+    for old in _run_folders(root)[max(keep, 1):]:
         if kept_elsewhere(old.name.split("-", 1)[1]):
             shutil.rmtree(old)
             removed.append(old)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -364,6 +364,16 @@ class Store:
             "SELECT a.audit_id, a.started_at, a.finished_at, a.cohort, a.model_id, a.verdict, a.counts, "
             "a.complete, (SELECT count(*) FROM audit_files f WHERE f.audit_id = a.audit_id) AS files "
             "FROM audits a ORDER BY a.started_at DESC, a.audit_id LIMIT ?", [limit]).df()
+
+    def exportable_audits(self, audit_ids: Iterable[str]) -> set[str]:
+        """Those of ``audit_ids`` whose output files the store holds (``deepssim audits export``
+        can write them back); unknown ids are simply not in the result."""
+        ids = sorted(set(audit_ids))
+        if not ids:
+            return set()
+        rows = self.con.execute("SELECT DISTINCT audit_id FROM audit_files WHERE audit_id IN "
+                                f"({', '.join('?' * len(ids))})", ids).fetchall()
+        return {audit_id for (audit_id,) in rows}
 
     def audit_files(self, audit_id: str) -> dict[str, bytes]:
         """An audit's output files as first written (name -> bytes); {} if none were kept.
