@@ -385,3 +385,25 @@ def test_full_resolution_candidates_are_never_compared_through_a_coarser_grid():
         assert _band_limited_factors(torch.tensor(full_resolution)[None, None], refs, config) == ()
     sample = torch.tensor(_generated_copy(load("colin27", 90), 32, noise=0.02))[None, None]
     assert 4.0 in _band_limited_factors(sample, refs, config)
+
+
+def test_the_blur_a_near_copy_shares_with_its_training_image_is_discounted_a_copys_is_not():
+    """Blurring the training image to match a blurred candidate compares two images that
+    share that blur, which lifts any pair that is not a copy: the discount lowers blurred
+    neighbouring slices towards their aligned SSIM (never below it by more than 0.05) and
+    leaves a blurred copy's score where it was."""
+    from dataclasses import replace
+    from scipy.ndimage import gaussian_filter
+
+    config = VerificationConfig()
+    raw = replace(config, discount_common_blur=False)
+    for subject, slice_, neighbour in (("colin27", 90, 93), ("colin27", 100, 103), ("heudiconv_crlab", 15, 17)):
+        registered, nearby = load(subject, slice_), load(subject, neighbour)
+        truth = reference_ssim(nearby, registered)
+        cand = np.clip(gaussian_filter(nearby, 0.8), 0, 1).astype(np.float32)
+        discounted, undiscounted = verify_pair(cand, registered, config), verify_pair(cand, registered, raw)
+        assert truth - 0.05 < discounted.score < undiscounted.score, subject
+        copy = np.clip(gaussian_filter(registered, 1.1), 0, 1).astype(np.float32)
+        assert verify_pair(copy, registered, config).score == pytest.approx(
+            verify_pair(copy, registered, raw).score, abs=1e-6)
+        assert verify_pair(copy, registered, config).score > 0.99

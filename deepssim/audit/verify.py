@@ -40,7 +40,11 @@ of the training image:
    up-sampled from a coarser grid (a generator working at its own, lower resolution:
    :func:`_band_limited_factors`), resampled through each such grid (``grid_factors``:
    down to 1/f of its side, area-averaged, and back up bilinearly — what a generator's
-   memorized sample is); the best is kept;
+   memorized sample is); the best is kept — after the blur levels are extrapolated to no
+   shared blur (:func:`_without_common_blur`: the score's slope in the blur both images
+   share, measured once per row, times each level's blur variance, is subtracted; a copy's
+   score does not move, a near-copy's gain from the blur it shares with the training image
+   goes);
 5. **noise**: the candidate's white-noise variance is estimated (robust MAD of a
    Laplacian-difference filter) and subtracted from its local variances inside the SSIM
    formula, so additive noise does not count as a structural difference;
@@ -920,6 +924,48 @@ def _softened_scores(view: _CandidateView, matched: _Matched, softenings: tuple[
     return scores.amax(1).T.clamp(-1.0, 1.0)
 
 
+def _without_common_blur(view: _CandidateView, matched: _Matched, scores: torch.Tensor,
+                         config: VerificationConfig) -> torch.Tensor:
+    """Final scores (H, L) with the blur the two images share discounted.
+
+    Blurring the training image by sigma to match a candidate compares two images that
+    share that blur, and a shared blur raises the SSIM of any two images that are not copies
+    (a neighbouring slice or an elastic edit gains +0.01, a blurred one +0.035;
+    BENCHMARKS.md).  Each row whose best softening is a blur is scored once more at that
+    level with both images blurred by a further sigma (the shared blur's variance doubled):
+    the score's slope in shared-blur variance, and every blur level sigma of the row is
+    lowered by slope × sigma² — the score extrapolated linearly to no shared blur.  A copy of
+    the training image scores the same under any shared blur (slope 0: its score does not
+    move); a slope below 0 counts as 0, so no score rises, and the unblurred level is never
+    lowered."""
+    scores = scores.clone()
+    sigma = torch.tensor([value if kind == "blur" else 0.0 for kind, value in view.softenings],
+                         device=scores.device)
+    level = scores.argmax(1)
+    todo = torch.nonzero(sigma[level] > 0).flatten()
+    if not config.discount_common_blur or not len(todo):
+        return scores
+    slope = torch.zeros(len(scores), device=scores.device)
+    for lv in level[todo].unique().tolist():
+        at = todo[level[todo] == lv]
+        more = _more_common_blur(view, matched.take(at), view.softenings[lv][1], config)
+        slope[at] = ((more - scores[at, lv]) / view.softenings[lv][1] ** 2).clamp_min(0)
+    return scores - slope[:, None] * sigma[None, :] ** 2
+
+
+def _more_common_blur(view: _CandidateView, matched: _Matched, sigma: float, config: VerificationConfig
+                      ) -> torch.Tensor:
+    """The scores (H,) of softening ("blur", ``sigma``) of ``matched`` rows with both images
+    blurred by a further ``sigma``, the better photometry of each."""
+    _, n, *shape = matched.images.shape
+    extra = math.hypot(sigma, config.smoothing)
+    candidate = _gaussian_blur(view.image, extra).expand(2 * n, -1, -1, -1)
+    noise_var = view.noise ** 2 * _noise_gain(extra)
+    scores = masked_ssim(_gaussian_blur(matched.images.reshape(2 * n, *shape), math.hypot(sigma, extra)),
+                         candidate, matched.valid.repeat(2, 1, 1, 1), config.terms, noise_var)
+    return scores.view(2, n).amax(0).clamp(-1.0, 1.0)
+
+
 def _nearby_softenings(softenings: tuple[tuple[str, float], ...], level: int) -> list[int]:
     """Indices of softening ``level`` and of its neighbours of the same kind: where a row
     realigned on that softening can score best (the others are not tried again)."""
@@ -928,16 +974,19 @@ def _nearby_softenings(softenings: tuple[tuple[str, float], ...], level: int) ->
 
 
 def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, matched: _Matched,
-                        scores: torch.Tensor, config: VerificationConfig) -> tuple[_Rows, torch.Tensor]:
+                        scores: torch.Tensor, config: VerificationConfig
+                        ) -> tuple[_Rows, _Matched, torch.Tensor]:
     """Refine each row's alignment once more at full resolution on the objective the final
     score measures: the candidate is brought into its reference's photometry (the inverse
     of the gamma + shading fitted at the row's alignment), the reference blurred to the
     row's best softening, and Gauss–Newton aligns the two
     (``config.photometric_refine_steps`` iterations).  The
     search before it aligns rank-equalised images, on which a strong shading moves the
-    optimum; this step moves it back.  A row keeps its old alignment unless the new one
-    scores higher.  ``matched``: the rows' :class:`_Matched`; ``scores``: their
-    (m, len(view.softenings)) final scores."""
+    optimum; this step moves it back.  ``matched``: the rows' :class:`_Matched`; ``scores``:
+    their (m, len(view.softenings)) final scores.  Returns the refined rows, their
+    :class:`_Matched` and their scores (-inf where not tried: softenings far from the row's
+    best, rows without a photometric fit); the caller keeps whichever alignment scores
+    higher."""
     gamma, field, enough = matched.gamma, matched.field, matched.enough
     log_c = torch.log(view.image.flatten(1).clamp_min(1e-4))
     in_reference_photometry = torch.exp((log_c - field) / gamma).clamp(0, 1).view(-1, 1, *view.image.shape[-2:])
@@ -955,11 +1004,8 @@ def _photometric_refine(view: _CandidateView, refs: torch.Tensor, rows: _Rows, m
         near = _nearby_softenings(view.softenings, lv)
         new_scores[i, near] = _softened_scores(view, rematched.take(torch.tensor([i])),
                                                tuple(view.softenings[j] for j in near), config)[0]
-    better = (new_scores.amax(1) > scores.amax(1)) & enough
-    rows = rows.with_geometry(torch.where(better, refined.degrees, rows.degrees),
-                              torch.where(better, refined.scales, rows.scales),
-                              torch.where(better[:, None], refined.shifts, rows.shifts))
-    return rows, torch.where(better[:, None], new_scores, scores)
+    new_scores[~enough] = -math.inf
+    return refined, rematched, new_scores
 
 
 # --------------------------------------------------------------------------- verification
@@ -1052,15 +1098,33 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     rows, matched = rows.take(best), matched.take(best)
     scores = torch.cat([first[best], _softened_scores(view, matched, view.softenings[1:], config)], 1)
     close = torch.nonzero(scores.amax(1) >= scores.amax() - PHOTOMETRIC_MARGIN).flatten()
-    polished, polished_scores = _photometric_refine(view, refs, rows.take(close), matched.take(close),
-                                                    scores[close], config)
+    polished, polished_matched, polished_scores = _photometric_refine(
+        view, refs, rows.take(close), matched.take(close), scores[close], config)
+    polished_scores = _without_common_blur(view, polished_matched, polished_scores, config)
+    # a discount never raises a score: a refined row better than its old row's undiscounted
+    # score needs no comparison with the old row's discount
+    better = polished_scores.amax(1) > scores[close].amax(1)
+    pending = torch.ones(len(rows), dtype=torch.bool, device=scores.device)
+    pending[close[better]] = False
+    scores[pending] = _without_common_blur(view, matched.take(pending), scores[pending], config)
+    better = polished_scores.amax(1) > scores[close].amax(1)
+    rows, scores = _with_polished(rows, scores, close[better], polished.take(better), polished_scores[better])
     top = float(torch.nan_to_num(ref_scores, nan=-2.0).max())
     out = [_not_verified(float(s), top) for s in ref_scores]
     for i in range(len(rows)):
         out[int(rows.ref[i])] = _alignment(rows, i, scores[i], view)
-    for n, i in enumerate(close.tolist()):
-        out[int(rows.ref[i])] = _alignment(polished, n, polished_scores[n], view)
     return out
+
+
+def _with_polished(rows: _Rows, scores: torch.Tensor, close: torch.Tensor, polished: _Rows,
+                   polished_scores: torch.Tensor) -> tuple[_Rows, torch.Tensor]:
+    """``rows`` and their ``scores`` with those at indices ``close`` replaced by the
+    photometric refinement's."""
+    degrees, scales, shifts = rows.degrees.clone(), rows.scales.clone(), rows.shifts.clone()
+    degrees[close], scales[close], shifts[close] = polished.degrees, polished.scales, polished.shifts
+    scores = scores.clone()
+    scores[close] = polished_scores
+    return rows.with_geometry(degrees, scales, shifts), scores
 
 
 def verify_candidate(candidate: np.ndarray, references: np.ndarray,
