@@ -1100,13 +1100,10 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     close = torch.nonzero(scores.amax(1) >= scores.amax() - PHOTOMETRIC_MARGIN).flatten()
     polished, polished_matched, polished_scores = _photometric_refine(
         view, refs, rows.take(close), matched.take(close), scores[close], config)
+    # both alignments of a refined row discounted before the better is kept: the refinement
+    # never lowers a row's final score
+    scores = _without_common_blur(view, matched, scores, config)
     polished_scores = _without_common_blur(view, polished_matched, polished_scores, config)
-    # a discount never raises a score: a refined row better than its old row's undiscounted
-    # score needs no comparison with the old row's discount
-    better = polished_scores.amax(1) > scores[close].amax(1)
-    pending = torch.ones(len(rows), dtype=torch.bool, device=scores.device)
-    pending[close[better]] = False
-    scores[pending] = _without_common_blur(view, matched.take(pending), scores[pending], config)
     better = polished_scores.amax(1) > scores[close].amax(1)
     rows, scores = _with_polished(rows, scores, close[better], polished.take(better), polished_scores[better])
     top = float(torch.nan_to_num(ref_scores, nan=-2.0).max())
@@ -1116,14 +1113,14 @@ def _verify_references(cand: torch.Tensor, refs: torch.Tensor, config: Verificat
     return out
 
 
-def _with_polished(rows: _Rows, scores: torch.Tensor, close: torch.Tensor, polished: _Rows,
+def _with_polished(rows: _Rows, scores: torch.Tensor, index: torch.Tensor, polished: _Rows,
                    polished_scores: torch.Tensor) -> tuple[_Rows, torch.Tensor]:
-    """``rows`` and their ``scores`` with those at indices ``close`` replaced by the
-    photometric refinement's."""
+    """``rows`` and their ``scores`` (H, L) with those at ``index`` replaced by the
+    photometric refinement's (same references and symmetries, refined geometry)."""
     degrees, scales, shifts = rows.degrees.clone(), rows.scales.clone(), rows.shifts.clone()
-    degrees[close], scales[close], shifts[close] = polished.degrees, polished.scales, polished.shifts
+    degrees[index], scales[index], shifts[index] = polished.degrees, polished.scales, polished.shifts
     scores = scores.clone()
-    scores[close] = polished_scores
+    scores[index] = polished_scores
     return rows.with_geometry(degrees, scales, shifts), scores
 
 
