@@ -937,7 +937,8 @@ def _without_common_blur(view: _CandidateView, matched: _Matched, scores: torch.
     lowered by slope × sigma² — the score extrapolated linearly to no shared blur.  A copy of
     the training image scores the same under any shared blur (slope 0: its score does not
     move); a slope below 0 counts as 0, so no score rises, and the unblurred level is never
-    lowered."""
+    lowered.  Grid softenings are not discounted: a generated sample's label is itself its
+    SSIM to the training image taken through the generator's grid (``../shared/DESIGN.md``)."""
     scores = scores.clone()
     sigma = torch.tensor([value if kind == "blur" else 0.0 for kind, value in view.softenings],
                          device=scores.device)
