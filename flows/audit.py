@@ -16,7 +16,8 @@ from prefect.states import Failed
 
 from deepssim.config import AuditSettings
 from deepssim.audit import (image_ref, ok_rows, point_latest, prune_run_folders, read_manifest,
-                            run_folder_audit_ids, run_folder_name, summary_text, write_summary)
+                            run_folder_audit_id, run_folder_audit_ids, run_folder_name, summary_text,
+                            write_summary)
 from tasks.audit import gate_task, verify_task
 from tasks.dashboard import publish_dashboard_task
 from tasks.ingest import validate_task
@@ -208,7 +209,7 @@ def _prune(root: Path, keep: int | None, db: str, wait_s: float) -> None:
         kept = store.exportable_audits(run_folder_audit_ids(root))
     for folder in prune_run_folders(root, keep, kept.__contains__):
         get_run_logger().info("removed run folder %s (keep_runs=%d); its files stay in the store: "
-                              "deepssim audits export %s", folder.name, keep, folder.name.split("-", 1)[1])
+                              "deepssim audits export %s", folder.name, keep, run_folder_audit_id(folder))
 
 
 @flow(name="audit", flow_run_name=run_name, persist_result=False, validate_parameters=True)

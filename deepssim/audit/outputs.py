@@ -104,9 +104,14 @@ def _run_folders(root: Path) -> list[Path]:
                   key=lambda p: p.name, reverse=True)
 
 
+def run_folder_audit_id(folder: Path) -> str:
+    """The audit id in a run folder's name (``<UTC time>-<audit id>``, :func:`run_folder_name`)."""
+    return folder.name.split("-", 1)[1]
+
+
 def run_folder_audit_ids(root: Path) -> list[str]:
     """The audit ids of the run folders under ``root``, newest first."""
-    return [p.name.split("-", 1)[1] for p in _run_folders(root)]
+    return [run_folder_audit_id(p) for p in _run_folders(root)]
 
 
 def prune_run_folders(root: Path, keep: int, kept_elsewhere: Callable[[str], bool]) -> list[Path]:
@@ -114,7 +119,7 @@ def prune_run_folders(root: Path, keep: int, kept_elsewhere: Callable[[str], boo
     ``kept_elsewhere(audit_id)`` says the store can export.  Returns what was deleted."""
     removed = []
     for old in _run_folders(root)[max(keep, 1):]:
-        if kept_elsewhere(old.name.split("-", 1)[1]):
+        if kept_elsewhere(run_folder_audit_id(old)):
             shutil.rmtree(old)
             removed.append(old)
     return removed
