@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -957,14 +957,11 @@ def _without_common_blur(view: _CandidateView, matched: _Matched, scores: torch.
 def _more_common_blur(view: _CandidateView, matched: _Matched, sigma: float, config: VerificationConfig
                       ) -> torch.Tensor:
     """The scores (H,) of softening ("blur", ``sigma``) of ``matched`` rows with both images
-    blurred by a further ``sigma``, the better photometry of each."""
-    _, n, *shape = matched.images.shape
+    blurred by a further ``sigma``: :func:`_softened_scores` with the common smoothing raised
+    from ``config.smoothing`` to its hypot with ``sigma``."""
     extra = math.hypot(sigma, config.smoothing)
-    candidate = _gaussian_blur(view.image, extra).expand(2 * n, -1, -1, -1)
-    noise_var = view.noise ** 2 * _noise_gain(extra)
-    scores = masked_ssim(_gaussian_blur(matched.images.reshape(2 * n, *shape), math.hypot(sigma, extra)),
-                         candidate, matched.valid.repeat(2, 1, 1, 1), config.terms, noise_var)
-    return scores.view(2, n).amax(0).clamp(-1.0, 1.0)
+    smoother = replace(view, smoothed=_gaussian_blur(view.image, extra))
+    return _softened_scores(smoother, matched, (("blur", sigma),), replace(config, smoothing=extra))[:, 0]
 
 
 def _nearby_softenings(softenings: tuple[tuple[str, float], ...], level: int) -> list[int]:
